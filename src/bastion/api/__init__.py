@@ -1,0 +1,1 @@
+"""HTTP routes and SSE: the only place that knows about HTTP."""

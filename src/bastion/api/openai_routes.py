@@ -1,0 +1,110 @@
+"""The OpenAI-compatible surface: chat completions (plain and SSE), embeddings, models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from bastion.api.disconnect import until_disconnect
+from bastion.api.errors import classify, error_response
+from bastion.api.request import context_for, read_json, request_id_of
+from bastion.api.sse import DONE, SSE_HEADERS, data_event
+from bastion.domain.context import RequestContext
+from bastion.domain.errors import ModelNotFound
+from bastion.gateway import Gateway
+from bastion.services.chat import ChatStreamResult
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+def outcome_headers(ctx: RequestContext, config_hash: str) -> dict[str, str]:
+    headers = {"x-request-id": ctx.request_id, "x-bastion-config": config_hash}
+    if ctx.target is not None:
+        headers["x-bastion-target"] = ctx.target
+        headers["x-bastion-attempts"] = str(len(ctx.attempts))
+        headers["x-bastion-fallback"] = "true" if ctx.fallback_used else "false"
+    elif ctx.attempts:
+        headers["x-bastion-attempts"] = str(len(ctx.attempts))
+    headers.update(ctx.response_headers)
+    return headers
+
+
+def json_response(body: Any, headers: dict[str, str], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway = _gateway(request)
+    server = gateway.config.server
+    request_id = request_id_of(request, server.accept_request_id)
+    base = {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash}
+    ctx: RequestContext | None = None
+    try:
+        body = await read_json(request, server.max_body_bytes)
+        ctx = context_for(request, gateway, "chat", request_id)
+        chat = gateway.parse_chat(body)
+        if chat.stream:
+            opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
+            return StreamingResponse(_openai_sse(opened, request_id),
+                                     media_type="text/event-stream",
+                                     headers={**SSE_HEADERS,
+                                              **outcome_headers(ctx, gateway.loaded.hash)})
+        result = await until_disconnect(request, gateway.chat(chat, ctx))
+        return json_response(result.response, outcome_headers(ctx, gateway.loaded.hash))
+    except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
+        headers = outcome_headers(ctx, gateway.loaded.hash) if ctx else base
+        return error_response(exc, request_id, headers)
+
+
+async def _openai_sse(opened: ChatStreamResult, request_id: str) -> AsyncIterator[bytes]:
+    """Chunks as SSE; a failure after the first byte ends with an error event in the OpenAI
+    shape and no ``[DONE]``, so no client mistakes a broken stream for a complete one."""
+    try:
+        async for chunk in opened:
+            yield data_event(chunk)
+    except Exception as exc:  # noqa: BLE001
+        yield data_event(classify(exc, request_id).body(request_id))
+        return
+    yield DONE
+
+
+async def embeddings(request: Request) -> Response:
+    gateway = _gateway(request)
+    server = gateway.config.server
+    request_id = request_id_of(request, server.accept_request_id)
+    base = {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash}
+    ctx: RequestContext | None = None
+    try:
+        body = await read_json(request, server.max_body_bytes)
+        ctx = context_for(request, gateway, "embeddings", request_id)
+        result = await until_disconnect(request, gateway.embeddings(body, ctx))
+        return json_response(result, outcome_headers(ctx, gateway.loaded.hash))
+    except Exception as exc:  # noqa: BLE001
+        headers = outcome_headers(ctx, gateway.loaded.hash) if ctx else base
+        return error_response(exc, request_id, headers)
+
+
+async def list_models(request: Request) -> Response:
+    gateway = _gateway(request)
+    request_id = request_id_of(request, gateway.config.server.accept_request_id)
+    return json_response({"object": "list", "data": gateway.models()},
+                         {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash})
+
+
+async def get_model(request: Request) -> Response:
+    gateway = _gateway(request)
+    request_id = request_id_of(request, gateway.config.server.accept_request_id)
+    headers = {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash}
+    wanted = request.path_params["model"]
+    for model in gateway.models():
+        if model["id"] == wanted:
+            return json_response(model, headers)
+    return error_response(ModelNotFound(f"The model '{wanted}' does not exist", param="model"),
+                          request_id, headers)

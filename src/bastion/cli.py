@@ -1,0 +1,93 @@
+"""The ``bastion`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bastion.config import ConfigError, LocalProviderConfig, load_config
+
+app = typer.Typer(help="bastion: the production boundary for LLM calls.",
+                  no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Inspect and validate config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def _load_or_exit(path: Optional[Path]):  # noqa: ANN202 - LoadedConfig
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
+@config_app.command("check")
+def config_check(file: Path = typer.Argument(..., help="The YAML config file to validate.")) -> None:
+    """Validate FILE; exit 1 naming the file, field and reason of every problem."""
+    loaded = _load_or_exit(file)
+    cfg = loaded.config
+    typer.echo(f"{loaded.source}: ok (version {cfg.version}, hash {loaded.hash}, "
+               f"{len(cfg.providers)} provider(s), {len(cfg.models)} model alias(es))")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="Config file (default: the embedded model)."),
+    host: Optional[str] = typer.Option(None, help="Bind address (default from config)."),
+    port: Optional[int] = typer.Option(None, help="Port (default from config, 8000)."),
+    workers: int = typer.Option(1, min=1, max=64, help="Worker processes."),
+    log_level: str = typer.Option("warning", help="uvicorn's log level."),
+) -> None:
+    """Run the gateway: OpenAI- and Anthropic-compatible HTTP on HOST:PORT."""
+    import uvicorn
+
+    loaded = _load_or_exit(config)
+    cfg = loaded.config
+    bind_host = host or cfg.server.host
+    bind_port = port if port is not None else cfg.server.port
+    if config is not None:
+        os.environ["BASTION_CONFIG"] = str(config.resolve())
+    else:
+        os.environ.pop("BASTION_CONFIG", None)
+
+    shared_model = None
+    local = [n for n, p in cfg.providers.items() if isinstance(p, LocalProviderConfig)]
+    if workers > 1 and len(local) == 1:
+        # One model process for all workers, so each does not load its own copy.
+        from bastion.providers.local import URL_ENV, LocalModelProcess
+
+        shared_model = LocalModelProcess(cfg.providers[local[0]])  # type: ignore[arg-type]
+        os.environ[URL_ENV] = asyncio.run(shared_model.start())
+
+    aliases = ", ".join(cfg.models) or "(none)"
+    typer.echo(f"bastion {_version()} on http://{bind_host}:{bind_port}/v1  "
+               f"config {loaded.source} (hash {loaded.hash})  models: {aliases}  "
+               f"workers: {workers}", err=True)
+    try:
+        uvicorn.run("bastion.api.app:app_from_env", factory=True, host=bind_host,
+                    port=bind_port, workers=workers, loop="uvloop", http="httptools",
+                    access_log=False, log_level=log_level, lifespan="on",
+                    timeout_graceful_shutdown=10)
+    finally:
+        if shared_model is not None:
+            asyncio.run(shared_model.stop())
+
+
+def _version() -> str:
+    from bastion import __version__
+
+    return __version__
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

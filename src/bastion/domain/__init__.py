@@ -1,0 +1,1 @@
+"""Typed models and the error taxonomy. Imports nothing else of bastion."""

@@ -1,0 +1,112 @@
+"""The OpenAI chat and embeddings request shapes, parsed strictly where it matters.
+
+Fields bastion acts on are typed and validated; the rest of the OpenAI surface (logprobs,
+``user``, provider extensions …) is kept as extra fields and passed through untouched, so a new
+SDK parameter does not break existing clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    # A string, a list of content parts, or null (assistant messages that only call tools).
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """``POST /v1/chat/completions``. Unknown fields pass through to the upstream."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_are_functions(cls, tools: list[dict[str, Any]] | None) -> Any:
+        for i, tool in enumerate(tools or ()):
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if tool.get("type") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+                raise ValueError(f"tools[{i}] must be {{type: function, function: {{name, ...}}}}")
+        return tools
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, rf: dict[str, Any] | None) -> Any:
+        if rf is not None and rf.get("type") not in ("text", "json_object", "json_schema"):
+            raise ValueError("response_format.type must be text, json_object or json_schema")
+        return rf
+
+    def upstream_body(self, model: str) -> dict[str, Any]:
+        """The body to send to an OpenAI-compatible upstream, with the target's model name."""
+        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        body["model"] = model
+        return body
+
+    @property
+    def output_token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be empty")
+        if isinstance(value, list) and len(value) > 2048:
+            raise ValueError("input may hold at most 2048 items")
+        return value
+
+    def upstream_body(self, model: str) -> dict[str, Any]:
+        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        body["model"] = model
+        return body
+
+    def texts(self) -> list[str]:
+        """The inputs as strings (token-id inputs are rendered, for providers that need text)."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], str):
+            return list(value)  # type: ignore[arg-type]
+        if value and isinstance(value[0], int):
+            return [" ".join(map(str, value))]
+        return [" ".join(map(str, item)) for item in value]  # type: ignore[union-attr]

@@ -1,0 +1,75 @@
+"""What travels with one request through every stage: identity, deadline, and the decisions made.
+
+The deadline is absolute (``time.monotonic()`` seconds) so every stage asks the same question,
+"how much is left?", and nothing can quietly extend it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Priority(str, Enum):
+    critical = "critical"
+    default = "default"
+    batch = "batch"
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call to one target: what happened and how long it took."""
+
+    target: str
+    number: int
+    outcome: str  # "ok" or an error code
+    duration_s: float
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    deadline: float
+    route: str = "chat"
+    tenant: str = "default"
+    priority: Priority = Priority.default
+    idempotency_key: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    #: Test-only fault override for the simulated provider (see providers/simulated.py).
+    simulate: dict[str, Any] | None = None
+    #: Filled in by the route stage as it goes.
+    attempts: list[Attempt] = field(default_factory=list)
+    target: str | None = None
+    fallback_used: bool = False
+    #: Headers any stage wants on the response.
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        budget_s: float,
+        request_id: str | None = None,
+        **kw: Any,
+    ) -> "RequestContext":
+        now = time.monotonic()
+        return cls(request_id=request_id or new_request_id(), deadline=now + budget_s,
+                   started=now, **kw)
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (never negative)."""
+        left = self.deadline - time.monotonic()
+        return left if left > 0.0 else 0.0
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started

@@ -1,0 +1,33 @@
+"""The deadline stage: no step starts once the budget is spent, and none outlives it.
+
+The request's absolute deadline is enforced with ``asyncio.timeout_at`` around everything
+after this stage, so an upstream that never answers is cancelled at the deadline together with
+all child work, and the caller gets a classified ``DeadlineExceeded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bastion.domain.errors import DeadlineExceeded
+from bastion.pipeline.call import ChatCall
+from bastion.pipeline.stage import Handler
+
+
+class DeadlineStage:
+    async def __call__(self, call: ChatCall, next: Handler[ChatCall, Any]) -> Any:
+        ctx = call.ctx
+        if ctx.expired():
+            raise DeadlineExceeded("the request deadline was spent before the call started")
+        scope = asyncio.timeout_at(ctx.deadline)
+        try:
+            async with scope:
+                return await next(call)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise DeadlineExceeded(
+                f"the request deadline ({ctx.deadline - ctx.started:.3g}s) was exceeded"
+            ) from None
+

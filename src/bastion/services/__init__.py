@@ -1,0 +1,1 @@
+"""Services over the pipeline: chat today; answers, tasks, jobs and more as they land."""

@@ -1,0 +1,101 @@
+"""The chat service: run a request through the pipeline and shape what comes back.
+
+It owns what happens around the pipeline for chat: streams are bounded by the request
+deadline chunk by chunk, the usage chunk bastion always asks upstreams for is passed on only
+when the client asked for it, and the outcome (target, attempts, fallback) is summarised for
+the response headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.domain.chat import ChatRequest, EmbeddingsRequest
+from bastion.domain.context import RequestContext
+from bastion.domain.errors import DeadlineExceeded
+from bastion.pipeline.builder import ChatPipeline
+from bastion.pipeline.call import ChatCall
+from bastion.pipeline.stream import TargetStream
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A finished completion and how it was obtained."""
+
+    response: dict[str, Any]
+    ctx: RequestContext
+
+    @property
+    def target(self) -> str | None:
+        return self.ctx.target
+
+    @property
+    def attempts(self) -> int:
+        return len(self.ctx.attempts)
+
+    @property
+    def fallback_used(self) -> bool:
+        return self.ctx.fallback_used
+
+
+@dataclass(slots=True)
+class ChatStreamResult:
+    """An opened stream. Iterate it for ``chat.completion.chunk`` dicts; a failure after the
+    first chunk raises the classified error (the HTTP layer turns it into an error event).
+    ``usage`` holds the upstream's usage once the stream has ended."""
+
+    stream: TargetStream
+    ctx: RequestContext
+    include_usage: bool
+    usage: dict[str, Any] | None = field(default=None)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        deadline = self.ctx.deadline
+        iterator = self.stream.__aiter__()
+        try:
+            while True:
+                scope = asyncio.timeout_at(deadline)
+                try:
+                    async with scope:
+                        chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise DeadlineExceeded("the request deadline was exceeded mid-stream") \
+                        from None
+                usage = chunk.get("usage")
+                if usage:
+                    self.usage = usage
+                    if not self.include_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                yield chunk
+        finally:
+            await iterator.aclose()
+            await self.stream.aclose()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class ChatService:
+    def __init__(self, pipeline: ChatPipeline) -> None:
+        self.pipeline = pipeline
+
+    async def complete(self, request: ChatRequest, ctx: RequestContext) -> ChatResult:
+        response = await self.pipeline.handle(ChatCall(ctx, request, request.model, "chat"))
+        return ChatResult(response, ctx)
+
+    async def stream(self, request: ChatRequest, ctx: RequestContext) -> ChatStreamResult:
+        stream = await self.pipeline.handle(ChatCall(ctx, request, request.model, "stream"))
+        include = bool(request.stream_options and request.stream_options.include_usage)
+        return ChatStreamResult(stream, ctx, include)
+
+    async def embeddings(self, request: EmbeddingsRequest, ctx: RequestContext) -> dict[str, Any]:
+        return await self.pipeline.handle(ChatCall(ctx, request, request.model, "embeddings"))

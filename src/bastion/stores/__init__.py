@@ -1,0 +1,1 @@
+"""State behind small protocols: memory (embedded) now; Redis and Postgres later."""
