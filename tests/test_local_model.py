@@ -1,0 +1,36 @@
+"""The embedded default, for real: SmolLM2-135M-Instruct started by bastion, no key needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.gateway import Gateway
+
+pytestmark = pytest.mark.local_model
+
+
+async def test_library_chat_and_stream_on_the_embedded_model() -> None:
+    gateway = Gateway.from_config(None)
+    async with gateway:
+        ready = await gateway.ready()
+        assert ready["ready"] is True and ready["providers"] == {"local": True}
+        result = await gateway.chat({
+            "model": "smollm2", "max_tokens": 12, "temperature": 0,
+            "messages": [{"role": "user", "content": "Name a colour."}]})
+        message = result.response["choices"][0]["message"]
+        assert isinstance(message["content"], str) and message["content"].strip()
+        assert result.response["usage"]["completion_tokens"] <= 12
+        assert result.target == "local/SmolLM2-135M-Instruct" and result.attempts == 1
+
+        opened = await gateway.chat_stream({
+            "model": "smollm2", "max_tokens": 8, "stream": True,
+            "messages": [{"role": "user", "content": "Count: one, two,"}]})
+        chunks = [c async for c in opened]
+        text = "".join((c["choices"][0]["delta"].get("content") or "")
+                       for c in chunks if c.get("choices"))
+        assert text.strip()
+        assert opened.usage is not None and 0 < opened.usage["completion_tokens"] <= 8
+        assert not any("usage" in c and c["usage"] for c in chunks)  # not asked for
+        process = gateway.providers["local"]._process  # noqa: SLF001
+        child = process.proc
+    assert child.returncode is not None  # bastion stopped the model process with itself
