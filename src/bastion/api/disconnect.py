@@ -1,16 +1,16 @@
 """Cancel the work of a request whose client went away.
 
 Starlette keeps running a handler after its client disconnects; for a model call that can be
-tens of seconds of upstream work nobody will read. ``until_disconnect`` runs the work as a task
-and watches the connection; a disconnect cancels the task, and with it the upstream call and
-every child task, promptly.
+tens of seconds of upstream work nobody will read. ``until_disconnect`` runs the work in the
+handler's own task while one small watcher task waits on the connection; a disconnect cancels
+the handler's task, and with it the upstream call and every child task, promptly.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.requests import Request
 
@@ -19,28 +19,26 @@ from bastion.domain.errors import ClientClosedRequest
 T = TypeVar("T")
 
 
-async def _wait_disconnect(request: Request) -> None:
+async def _watch(request: Request, task: asyncio.Task[object], gone: list[bool]) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            gone.append(True)
+            task.cancel()
             return
 
 
-async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    task = asyncio.current_task()
+    assert task is not None
+    gone: list[bool] = []
+    watcher = asyncio.get_running_loop().create_task(_watch(request, task, gone))
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
+        if gone:
+            task.uncancel()
+            raise ClientClosedRequest("the client closed the connection") from None
         raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
-            pass
-        raise ClientClosedRequest("the client closed the connection")
-    return task.result()

@@ -1,0 +1,618 @@
+"""Measure bastion side by side with its baselines in one run.
+
+    .venv/bin/python bench/run.py                      # plain chat completions, 10 s per target
+    .venv/bin/python bench/run.py --stream             # plus the SSE scenario (20 chunks/stream)
+    .venv/bin/python bench/run.py --quick --max-ratio 3   # the CI smoke check (~3 s per target)
+
+Starts three servers, each its own process (group) on a free 127.0.0.1 port:
+
+- ``mock``: ``bench/mock_upstream.py``, the fixed OpenAI upstream (the ceiling);
+- ``passthrough``: ``bench/passthrough_proxy.py``, a ~50-line uvicorn proxy (the floor for a
+  Python proxy: no validation, no logic);
+- ``bastion``: ``bastion serve`` with a generated config whose only provider is the mock.
+
+Then for each target it drives ``wrk`` (fixed threads/connections/duration, a warm-up run first)
+with ``bench/post.lua`` and reports requests/s, p50/p99 latency, the CPU ms per request of the
+server process tree under test (utime+stime from /proc, children and reaped children included),
+the same for the mock upstream, and RSS after the run. The headline is the **bastion overhead
+ratio** = bastion CPU ms/request / passthrough CPU ms/request: CPU per request is stable on a
+shared 2-core box where requests/s is not (wrk, proxy and mock compete for the same cores).
+
+``--stream`` adds the SSE scenario: the same body with ``"stream": true``; the mock sends 20
+chunks, a usage chunk and ``[DONE]``, 1 ms apart by default (``--chunk-interval-ms``), so the
+streams/s of every target is capped near connections / ~30 ms and CPU ms per stream is the figure
+to compare. ``--rounds N`` interleaves N measurements per target and keeps each target's
+lowest-CPU round (``--quick`` does 2), which keeps the ratio steady when other work shares the
+machine.
+
+Writes ``bench/results/<timestamp>.json`` (and a ``.png`` when matplotlib is installed); exits 1
+when ``--max-ratio`` is exceeded or cannot be checked, 2 when a target failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+LUA = BENCH_DIR / "post.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+CHAT_PATH = "/v1/chat/completions"
+TARGETS = ("mock", "passthrough", "bastion")
+
+BASTION_CONFIG = """\
+version: 1
+providers:
+  mock:
+    type: openai
+    base_url: http://127.0.0.1:{mock_port}/v1
+    pool_size: 256
+    bulkhead: {{max_concurrency: 1024, max_wait_s: 1}}
+models:
+  bench-model:
+    targets:
+      - {{provider: mock, model: mock-model, timeout_s: 10, retries: 2}}
+"""
+
+# The same bodies as bench/post.lua, for the correctness check before each load run.
+SANITY_BODY = {
+    "model": "bench-model",
+    "messages": [{"role": "system", "content": "You are a concise assistant."},
+                 {"role": "user", "content": "Say hello to the benchmark in one short sentence."}],
+    "max_tokens": 32, "temperature": 0,
+}
+
+
+# What bench/mock_upstream.py streams: 20 chunks (role, 18 tokens, finish), usage, [DONE].
+STREAM_TEXT = "".join(f"tok{i} " for i in range(1, 19))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (uvicorn workers, multiprocessing helpers)."""
+    children = _children_map()
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of the tree, plus cutime+cstime (children already exited and reaped), so a
+    worker that dies mid-run keeps counting: its time moves from its own fields to its parent's."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    kib = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        kib += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return kib / 1024
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    port: int
+    ready_path: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # Own session and process group: Ctrl-C in the terminal does not hit it, and stop()
+        # can end it together with any workers it forked.
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         cwd=REPO)
+
+    def wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it "
+                                   f"was ready\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s ({last})\n"
+                           f"{self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"  | {line}" for line in lines) or "  | (empty log)"
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 12.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The leader may be gone while a worker it forked lingers in the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- checks and load
+
+
+def sanity_check(url: str, stream: bool) -> str | None:
+    """One request before the load: None when the answer is what a client expects, else why."""
+    body = dict(SANITY_BODY)
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    req = urllib.request.Request(url + CHAT_PATH, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            status, ctype, data = r.status, r.headers.get("content-type", ""), r.read()
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}: {exc.read()[:500]!r}"
+    except OSError as exc:
+        return f"request failed: {exc}"
+    if status != 200:
+        return f"HTTP {status}: {data[:500]!r}"
+    if not stream:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return f"not JSON: {data[:300]!r}"
+        if doc.get("object") != "chat.completion" or not doc.get("choices"):
+            return f"not a chat.completion: {data[:300]!r}"
+        if not doc.get("usage"):
+            return f"chat.completion without usage: {data[:300]!r}"
+        return None
+    if not ctype.startswith("text/event-stream"):
+        return f"stream answered with content-type {ctype!r}: {data[:300]!r}"
+    events = [line[5:].strip() for line in data.decode(errors="replace").splitlines()
+              if line.startswith("data:")]
+    if not events or events[-1] != "[DONE]":
+        return f"stream does not end with data: [DONE] ({len(events)} events): {data[-300:]!r}"
+    try:
+        chunks = [json.loads(e) for e in events[:-1]]
+    except ValueError as exc:
+        return f"an SSE event is not JSON ({exc}): {data[:300]!r}"
+    text = "".join((ch.get("delta") or {}).get("content") or ""
+                   for c in chunks for ch in c.get("choices") or [])
+    if text != STREAM_TEXT:
+        return f"streamed content {text[:120]!r} is not the mock's {STREAM_TEXT[:60]!r}..."
+    if not any(c.get("usage") for c in chunks):
+        return "stream has no usage chunk (stream_options.include_usage was sent)"
+    return None
+
+
+def wrk_cmd(url: str, args: argparse.Namespace, duration: float, stream: bool) -> list[str]:
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s",
+           "--latency", "--timeout", "10s", "-s", str(LUA), url + CHAT_PATH]
+    return cmd + (["--", "stream"] if stream else [])
+
+
+def run_wrk(cmd: list[str], duration: float) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False,
+                         stdin=subprocess.DEVNULL)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):])
+    raise RuntimeError(f"wrk gave no result (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    ok: bool
+    error: str | None = None
+    requests: int = 0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    error_detail: dict = field(default_factory=dict)
+    cpu_ms_per_req: float = 0.0
+    upstream_cpu_ms_per_req: float = 0.0
+    rss_mib: float = 0.0
+    round: int = 1
+    wrk: list[str] = field(default_factory=list)
+
+
+def best_rounds(rounds: list[Result]) -> list[Result]:
+    """Per scenario and target: a failed round if any, else the round with the least CPU per
+    request (the one least disturbed by other load on the machine)."""
+    best: dict[tuple[str, str], Result] = {}
+    for r in rounds:
+        key = (r.scenario, r.target)
+        cur = best.get(key)
+        if cur is None or (cur.ok and (not r.ok or r.cpu_ms_per_req < cur.cpu_ms_per_req)):
+            best[key] = r
+    return list(best.values())
+
+
+def measure(server: Server, mock: Server, scenario: str, args: argparse.Namespace) -> Result:
+    stream = scenario == "stream"
+    assert server.proc is not None and mock.proc is not None
+    problem = sanity_check(server.url, stream)
+    if problem:
+        return Result(server.name, scenario, ok=False, error=problem)
+    if args.warmup > 0:
+        run_wrk(wrk_cmd(server.url, args, args.warmup, stream), args.warmup)
+    cmd = wrk_cmd(server.url, args, args.duration, stream)
+    cpu0, up0 = cpu_seconds(server.proc.pid), cpu_seconds(mock.proc.pid)
+    summary = run_wrk(cmd, args.duration)
+    cpu1, up1 = cpu_seconds(server.proc.pid), cpu_seconds(mock.proc.pid)
+    n = summary["requests"]
+    errors = sum(summary["errors"].values())
+    res = Result(
+        target=server.name, scenario=scenario, ok=n > 0, requests=n,
+        rps=n / (summary["duration_us"] / 1e6),
+        p50_ms=summary["latency_us"]["p50"] / 1000, p99_ms=summary["latency_us"]["p99"] / 1000,
+        errors=errors, error_detail=summary["errors"],
+        cpu_ms_per_req=(cpu1 - cpu0) * 1000 / n if n else 0.0,
+        upstream_cpu_ms_per_req=(up1 - up0) * 1000 / n if n else 0.0,
+        rss_mib=rss_mib(server.proc.pid), wrk=cmd,
+    )
+    if n == 0:
+        res.error = "no request completed"
+    elif errors > n * 0.01:
+        res.ok = False
+        res.error = f"{errors} errors in {n} requests: {summary['errors']}"
+    if server.proc.poll() is not None:
+        res.ok = False
+        res.error = f"{server.name} exited with {server.proc.returncode} during the run"
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ratio(results: list[Result], scenario: str) -> float | None:
+    by = {r.target: r for r in results if r.scenario == scenario}
+    b, p = by.get("bastion"), by.get("passthrough")
+    if b is None or p is None or not (b.ok and p.ok) or p.cpu_ms_per_req <= 0:
+        return None
+    return b.cpu_ms_per_req / p.cpu_ms_per_req
+
+
+def markdown(results: list[Result], scenario: str) -> str:
+    unit = "streams/s" if scenario == "stream" else "req/s"
+    per = "stream" if scenario == "stream" else "req"
+    rows = [(f"| target | {unit} | p50 ms | p99 ms | CPU ms/{per} | mock CPU ms/{per} "
+             f"| RSS MiB | errors |"),
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.scenario != scenario:
+            continue
+        if r.requests == 0:
+            rows.append(f"| {r.target} | FAILED | | | | | | {r.error} |")
+            continue
+        err = str(r.errors) if r.ok else f"{r.errors} (FAILED: {r.error})"
+        upstream = "(self)" if r.target == "mock" else f"{r.upstream_cpu_ms_per_req:.3f}"
+        rows.append(f"| {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+                    f"| {r.cpu_ms_per_req:.3f} | {upstream} "
+                    f"| {r.rss_mib:.0f} | {err} |")
+    x = ratio(results, scenario)
+    rows.append("")
+    rows.append(f"bastion overhead ratio ({scenario}) = bastion CPU ms/{per} / passthrough "
+                f"CPU ms/{per} = " + (f"**{x:.2f}**" if x is not None else "n/a"))
+    return "\n".join(rows)
+
+
+def plot(results: list[Result], scenarios: list[str], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(scenarios), 2, figsize=(10, 3.2 * len(scenarios)),
+                             squeeze=False)
+    for row, scenario in enumerate(scenarios):
+        rs = [r for r in results if r.scenario == scenario and r.requests]
+        names = [r.target for r in rs]
+        colors = ["#999999" if n == "mock" else "#4c72b0" if n == "passthrough" else "#dd8452"
+                  for n in names]
+        for col, (attr, label) in enumerate((("rps", "per second"),
+                                             ("cpu_ms_per_req", "server CPU ms each"))):
+            ax = axes[row][col]
+            vals = [getattr(r, attr) for r in rs]
+            ax.bar(names, vals, color=colors)
+            for i, v in enumerate(vals):
+                ax.annotate(f"{v:,.0f}" if attr == "rps" else f"{v:.3f}", (i, v),
+                            ha="center", va="bottom", fontsize=8)
+            what = "streams" if scenario == "stream" else "requests"
+            ax.set_title(f"{scenario}: {what} {label}", fontsize=10)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark bastion against a mock upstream and a bare pass-through proxy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-d", "--duration", type=float, default=10.0, help="seconds of load per target")
+    p.add_argument("-c", "--connections", type=int, default=32, help="wrk connections")
+    p.add_argument("-t", "--threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per target; each target reports its round with the "
+                        "lowest CPU ms/request (default 1, with --quick 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke: 3 s per target, 1 s warm-up (overrides -d/--warmup)")
+    p.add_argument("--stream", action="store_true",
+                   help="also run the SSE scenario (20 chunks + usage + [DONE] per stream)")
+    p.add_argument("--stream-only", action="store_true", help="run only the SSE scenario")
+    p.add_argument("--chunk-interval-ms", type=float, default=1.0,
+                   help="the mock's pause between SSE events: spaced like a model's tokens, every "
+                        "proxy pays its per-event read+write; 0 sends them back to back, so a "
+                        "bare proxy reads many per syscall and the ratio looks worse than life")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="comma-separated subset of: " + ", ".join(TARGETS))
+    p.add_argument("--workers", type=int, default=1, help="bastion worker processes")
+    p.add_argument("--bastion", default=str(Path(sys.executable).parent / "bastion"),
+                   help="the bastion executable")
+    p.add_argument("--max-ratio", type=float, default=None,
+                   help="exit 1 if the bastion overhead ratio of any scenario exceeds this")
+    p.add_argument("--ready-timeout", type=float, default=60.0,
+                   help="seconds to wait for each server to answer")
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--no-save", action="store_true", help="do not write results/figure files")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 1
+    if not 1 <= args.rounds <= 10:
+        p.error("rounds must be in [1, 10]")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown:
+        p.error(f"unknown target(s): {', '.join(sorted(unknown))}")
+    if not 1 <= args.threads <= args.connections:
+        p.error("need 1 <= threads <= connections")
+    if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60:
+        p.error("duration must be in (0, 600] s and warm-up in [0, 60] s")
+    if not 0 <= args.chunk_interval_ms <= 1000:
+        p.error("chunk interval must be in [0, 1000] ms")
+    args.scenarios = (["stream"] if args.stream_only
+                      else ["plain", "stream"] if args.stream else ["plain"])
+    return args
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
+    mock_port = free_port()
+    servers: dict[str, Server] = {
+        "mock": Server("mock", [sys.executable, str(BENCH_DIR / "mock_upstream.py"),
+                                str(mock_port), "--chunk-interval-ms",
+                                f"{args.chunk_interval_ms:g}"],
+                       mock_port, "/health", tmp / "mock.log")}
+    if "passthrough" in args.targets:
+        port = free_port()
+        servers["passthrough"] = Server(
+            "passthrough", [sys.executable, str(BENCH_DIR / "passthrough_proxy.py"), str(port),
+                            f"http://127.0.0.1:{mock_port}"],
+            port, "/v1/models", tmp / "passthrough.log")
+    if "bastion" in args.targets:
+        port = free_port()
+        cfg = tmp / "bastion.yaml"
+        cfg.write_text(BASTION_CONFIG.format(mock_port=mock_port))
+        servers["bastion"] = Server(
+            "bastion", [args.bastion, "serve", "--config", str(cfg), "--host", "127.0.0.1",
+                        "--port", str(port), "--workers", str(args.workers)],
+            port, "/health", tmp / "bastion.log")
+
+    started = datetime.now(UTC)
+    print(f"# bastion benchmark {started:%Y-%m-%d %H:%M:%S} UTC\n")
+    print(f"command: `{command}`")
+    print(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
+          f"(+{args.warmup:g} s warm-up) per target and round; {args.rounds} interleaved "
+          f"round(s), each target shows its lowest-CPU round; {os.cpu_count()} CPUs; "
+          f"python {platform.python_version()}; bastion workers: {args.workers}")
+    for s in servers.values():
+        print(f"  {s.name}: `{shlex.join(s.cmd)}`")
+    print(flush=True)
+
+    all_rounds: list[Result] = []
+    failed_start: dict[str, str] = {}
+    try:
+        for s in servers.values():
+            s.start()
+        for s in servers.values():
+            try:
+                s.wait_ready(args.ready_timeout)
+            except RuntimeError as exc:
+                if s.name == "mock":
+                    raise
+                failed_start[s.name] = str(exc)
+                print(f"!! {exc}\n", file=sys.stderr, flush=True)
+                s.stop()
+        for scenario in args.scenarios:
+            failed: set[str] = set()
+            # Rounds interleave the targets, so a burst of load from elsewhere on the machine
+            # hits every target alike instead of all the rounds of one.
+            for rnd in range(args.rounds):
+                for name in args.targets:
+                    if name in failed_start:
+                        if rnd == 0:
+                            all_rounds.append(Result(name, scenario, ok=False,
+                                                     error=failed_start[name].splitlines()[0]))
+                        continue
+                    if name in failed:
+                        continue
+                    print(f"... {scenario} / {name} (round {rnd + 1}/{args.rounds})",
+                          file=sys.stderr, flush=True)
+                    res = measure(servers[name], servers["mock"], scenario, args)
+                    res.round = rnd + 1
+                    if not res.ok:
+                        failed.add(name)
+                        print(f"!! {name} ({scenario}): {res.error}\n"
+                              f"{servers[name].log_tail()}", file=sys.stderr, flush=True)
+                    all_rounds.append(res)
+        results = best_rounds(all_rounds)
+        # Server logs are the first place to look when a number is odd.
+        logs = {name: s.log_tail(60) for name, s in servers.items()}
+    finally:
+        for s in reversed(list(servers.values())):
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    for scenario in args.scenarios:
+        what = (f" (SSE: 20 chunks + usage + [DONE] per stream, "
+                f"{args.chunk_interval_ms:g} ms between events)" if scenario == "stream" else "")
+        print(f"## {scenario}{what}\n")
+        print(markdown(results, scenario))
+        print()
+
+    ratios = {sc: ratio(results, sc) for sc in args.scenarios}
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    doc = {
+        "command": command, "started": started.isoformat(), "host": {
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(),
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True,
+                                  check=False).stdout
+            .splitlines()[0:1]},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "servers": {name: s.cmd for name, s in servers.items()},
+        "bastion_config": BASTION_CONFIG.format(mock_port=mock_port)
+        if "bastion" in servers else None,
+        "results": [asdict(r) for r in results],
+        "all_rounds": [asdict(r) for r in all_rounds],
+        "overhead_ratio": ratios, "server_logs": logs,
+    }
+    if not args.no_save:
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        out = args.results_dir / f"{stamp}.json"
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"results: {out}")
+        png = out.with_suffix(".png")
+        if plot(results, args.scenarios, png, f"{command}  ({started:%Y-%m-%d %H:%M} UTC)"):
+            print(f"figure:  {png}")
+
+    code = 0
+    if any(not r.ok for r in results):
+        code = 2
+    if args.max_ratio is not None:
+        for sc, x in ratios.items():
+            if x is None:
+                print(f"FAIL: no bastion overhead ratio for {sc} (a target failed or was not "
+                      f"run); --max-ratio {args.max_ratio:g} cannot pass", file=sys.stderr)
+                code = 1
+            elif x > args.max_ratio:
+                print(f"FAIL: bastion overhead ratio ({sc}) {x:.2f} > {args.max_ratio:g}",
+                      file=sys.stderr)
+                code = 1
+            else:
+                print(f"ok: bastion overhead ratio ({sc}) {x:.2f} <= {args.max_ratio:g}")
+    return code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; all servers stopped", file=sys.stderr)
+        sys.exit(130)
