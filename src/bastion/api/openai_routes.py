@@ -27,10 +27,10 @@ def outcome_headers(ctx: RequestContext, config_hash: str) -> dict[str, str]:
     headers = {"x-request-id": ctx.request_id, "x-bastion-config": config_hash}
     if ctx.target is not None:
         headers["x-bastion-target"] = ctx.target
-        headers["x-bastion-attempts"] = str(len(ctx.attempts))
+        headers["x-bastion-attempts"] = str(ctx.calls())
         headers["x-bastion-fallback"] = "true" if ctx.fallback_used else "false"
     elif ctx.attempts:
-        headers["x-bastion-attempts"] = str(len(ctx.attempts))
+        headers["x-bastion-attempts"] = str(ctx.calls())
     headers.update(ctx.response_headers)
     return headers
 

@@ -31,6 +31,8 @@ class Attempt:
     number: int
     outcome: str  # "ok" or an error code
     duration_s: float
+    #: False when the target was skipped without a call (open breaker, full bulkhead).
+    called: bool = True
 
 
 @dataclass(slots=True)
@@ -70,6 +72,10 @@ class RequestContext:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
+
+    def calls(self) -> int:
+        """Upstream calls actually made (skipped targets are recorded but not counted)."""
+        return sum(1 for a in self.attempts if a.called)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

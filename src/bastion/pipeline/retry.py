@@ -64,8 +64,9 @@ async def try_target(call: ChatCall, target: TargetConfig, provider: Provider,
         try:
             result = await attempt_handler(AttemptCall(call, target, provider, number))
         except DependencyError as exc:
+            skipped = isinstance(exc, (BulkheadFull, CircuitOpen))
             ctx.attempts.append(Attempt(target.key, number, exc.code,
-                                        time.monotonic() - started))
+                                        time.monotonic() - started, called=not skipped))
             if number == attempts or _no_retry(exc):
                 raise
             delay = backoff_delay(number, target, exc, rng)

@@ -117,7 +117,7 @@ class OpenAICompatibleProvider:
                     raise UpstreamUnavailable(
                         f"stream: upstream error: {str(err.get('message', ''))[:300]}")
                 yield chunk
-        raise UpstreamMalformed("stream: upstream ended the stream without [DONE]")
+        raise UpstreamMalformed("stream: upstream ended the stream without its DONE event")
 
     async def embeddings(self, request: EmbeddingsRequest, model: str, timeout: CallTimeout,
                          ctx: RequestContext) -> dict[str, Any]:

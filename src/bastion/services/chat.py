@@ -34,7 +34,7 @@ class ChatResult:
 
     @property
     def attempts(self) -> int:
-        return len(self.ctx.attempts)
+        return self.ctx.calls()
 
     @property
     def fallback_used(self) -> bool:
