@@ -24,9 +24,9 @@ from bastion.domain.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from bastion.providers import simulated
 from bastion.providers.base import CallTimeout, PrefetchedStream
-from bastion.providers.simulated import SimulatedProvider
+from bastion.providers.simulated import SimulatedProvider, answers, faults
+from bastion.providers.simulated import provider as simulated_provider
 
 TIMEOUT = CallTimeout(total_s=2.0, connect_s=1.0)
 PROMPT = "hello there, simulated model"
@@ -77,7 +77,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         recorded.append(seconds)
         await real_sleep(0)
 
-    monkeypatch.setattr(simulated.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(simulated_provider.asyncio, "sleep", fake_sleep)
     return recorded
 
 
@@ -169,7 +169,7 @@ async def test_stream_splits_the_reply_then_finishes_then_reports_usage() -> Non
 @pytest.mark.parametrize(("reply", "parts"), [("a b c", 5), ("ab", 4), ("", 3),
                                               ("  lead and trail  ", 2), ("x " * 50, 7)])
 def test_split_text_gives_exactly_the_asked_pieces_that_join_back(reply: str, parts: int) -> None:
-    pieces = simulated.split_text(reply, parts)
+    pieces = answers.split_text(reply, parts)
     assert len(pieces) == parts and "".join(pieces) == reply
 
 
@@ -268,13 +268,13 @@ async def test_rate_limit_retry_after_in_seconds_and_milliseconds() -> None:
 
 async def test_rate_limit_retry_after_as_an_http_date(monkeypatch) -> None:
     seen: list[dict[str, str]] = []
-    real_parse = simulated.parse_retry_after
+    real_parse = faults.parse_retry_after
 
     def spy(headers: dict[str, str], **kw: Any) -> float | None:
         seen.append(dict(headers))
         return real_parse(headers, **kw)
 
-    monkeypatch.setattr(simulated, "parse_retry_after", spy)
+    monkeypatch.setattr(faults, "parse_retry_after", spy)
     seconds = 3
     with pytest.raises(UpstreamRateLimited) as info:
         await make().chat(chat_request(), "m", TIMEOUT, context(
@@ -447,7 +447,7 @@ async def test_fail_times_in_the_config_applies_to_every_request() -> None:
 
 
 async def test_fail_times_memory_is_bounded(monkeypatch) -> None:
-    monkeypatch.setattr(simulated, "FAIL_TIMES_MEMORY", 5)
+    monkeypatch.setattr(simulated_provider, "FAIL_TIMES_MEMORY", 5)
     provider = make(faults=[{"kind": "connect_error", "fail_times": 1}])
     for i in range(20):
         await outcome(provider, context(request_id=f"req_{i}"))
