@@ -59,10 +59,10 @@ class ScriptedProvider:
         finally:
             self.in_flight -= 1
 
-    async def chat(self, request, model, timeout, ctx):  # noqa: ANN001, ANN201
+    async def chat(self, request, model, timeout, ctx):
         return await self._outcome(model, timeout)
 
-    async def open_stream(self, request, model, timeout, ctx):  # noqa: ANN001, ANN201
+    async def open_stream(self, request, model, timeout, ctx):
         await self._outcome(model, timeout)
 
         async def rest() -> AsyncIterator[dict[str, Any]]:
@@ -72,5 +72,5 @@ class ScriptedProvider:
         return PrefetchedStream({"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
                                 rest())
 
-    async def embeddings(self, request, model, timeout, ctx):  # noqa: ANN001, ANN201
+    async def embeddings(self, request, model, timeout, ctx):
         return await self._outcome(model, timeout)

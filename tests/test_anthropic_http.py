@@ -62,10 +62,9 @@ def test_missing_max_tokens_is_400_naming_it(live: LiveGateway) -> None:
 
 
 def test_mid_stream_failure_surfaces_as_an_sdk_error(live: LiveGateway) -> None:
-    with pytest.raises(anthropic.APIStatusError):
-        with client(live).messages.stream(
-                model="fast", max_tokens=50, messages=MSG,
-                extra_headers={"X-Bastion-Simulate":
-                               '{"kind": "stream_error_after", "chunks": 2}'}) as stream:
-            for _ in stream.text_stream:
-                pass
+    with pytest.raises(anthropic.APIStatusError), client(live).messages.stream(
+            model="fast", max_tokens=50, messages=MSG,
+            extra_headers={"X-Bastion-Simulate":
+                           '{"kind": "stream_error_after", "chunks": 2}'}) as stream:
+        for _ in stream.text_stream:
+            pass

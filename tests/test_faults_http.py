@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveGateway, make_gateway, run_live, SIM_CONFIG
+from tests.conftest import SIM_CONFIG, LiveGateway, make_gateway, run_live
 
 MSG = [{"role": "user", "content": "hello there"}]
 

@@ -31,6 +31,6 @@ async def test_library_chat_and_stream_on_the_embedded_model() -> None:
         assert text.strip()
         assert opened.usage is not None and 0 < opened.usage["completion_tokens"] <= 8
         assert not any("usage" in c and c["usage"] for c in chunks)  # not asked for
-        process = gateway.providers["local"]._process  # noqa: SLF001
+        process = gateway.providers["local"]._process
         child = process.proc
     assert child.returncode is not None  # bastion stopped the model process with itself

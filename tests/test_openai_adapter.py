@@ -66,7 +66,7 @@ async def test_connections_are_pooled(adapter, upstream) -> None:
     connector = adapter.session.connector
     assert connector is not None
     # five sequential calls reuse one keep-alive connection
-    assert sum(len(v) for v in connector._conns.values()) == 1  # noqa: SLF001
+    assert sum(len(v) for v in connector._conns.values()) == 1
 
 
 @pytest.mark.parametrize(("headers", "expected"), [

@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,7 +17,7 @@ config_app = typer.Typer(help="Inspect and validate config files.", no_args_is_h
 app.add_typer(config_app, name="config")
 
 
-def _load_or_exit(path: Optional[Path]):  # noqa: ANN202 - LoadedConfig
+def _load_or_exit(path: Path | None):
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -37,10 +36,10 @@ def config_check(file: Path = typer.Argument(..., help="The YAML config file to 
 
 @app.command()
 def serve(
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
+    config: Path | None = typer.Option(None, "--config", "-c",
                                           help="Config file (default: the embedded model)."),
-    host: Optional[str] = typer.Option(None, help="Bind address (default from config)."),
-    port: Optional[int] = typer.Option(None, help="Port (default from config, 8000)."),
+    host: str | None = typer.Option(None, help="Bind address (default from config)."),
+    port: int | None = typer.Option(None, help="Port (default from config, 8000)."),
     workers: int = typer.Option(1, min=1, max=64, help="Worker processes."),
     log_level: str = typer.Option("warning", help="uvicorn's log level."),
 ) -> None:

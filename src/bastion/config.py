@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -101,8 +101,7 @@ class SimulatedProviderConfig(_ProviderBase):
 
 
 ProviderConfig = Annotated[
-    Union[OpenAIProviderConfig, AnthropicProviderConfig, LocalProviderConfig,
-          SimulatedProviderConfig],
+    OpenAIProviderConfig | AnthropicProviderConfig | LocalProviderConfig | SimulatedProviderConfig,
     Field(discriminator="type"),
 ]
 
@@ -171,7 +170,7 @@ class BastionConfig(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _references_resolve(self) -> "BastionConfig":
+    def _references_resolve(self) -> BastionConfig:
         if self.version not in SUPPORTED_VERSIONS:
             raise ValueError(f"version {self.version} is not supported (supported: "
                              f"{', '.join(map(str, SUPPORTED_VERSIONS))})")

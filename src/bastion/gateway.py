@@ -51,7 +51,7 @@ class Gateway:
         self._started = False
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, **kw: Any) -> "Gateway":
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **kw: Any) -> Gateway:
         """Load and validate ``path`` (the embedded default when None)."""
         return cls(load_config(path), **kw)
 
@@ -77,7 +77,7 @@ class Gateway:
         await self.store.aclose()
         self._started = False
 
-    async def __aenter__(self) -> "Gateway":
+    async def __aenter__(self) -> Gateway:
         await self.start()
         return self
 

@@ -60,7 +60,7 @@ class RequestContext:
         budget_s: float,
         request_id: str | None = None,
         **kw: Any,
-    ) -> "RequestContext":
+    ) -> RequestContext:
         now = time.monotonic()
         return cls(request_id=request_id or new_request_id(), deadline=now + budget_s,
                    started=now, **kw)
@@ -68,7 +68,7 @@ class RequestContext:
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""
         left = self.deadline - time.monotonic()
-        return left if left > 0.0 else 0.0
+        return max(0.0, left)
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline

@@ -19,7 +19,7 @@ from bastion.pipeline.stream import TargetStream
 
 
 class Bulkhead:
-    __slots__ = ("name", "max_concurrency", "max_wait_s", "_sem", "waiting", "rejected")
+    __slots__ = ("_sem", "max_concurrency", "max_wait_s", "name", "rejected", "waiting")
 
     def __init__(self, name: str, policy: BulkheadPolicy) -> None:
         self.name = name
@@ -31,7 +31,7 @@ class Bulkhead:
 
     @property
     def in_flight(self) -> int:
-        return self.max_concurrency - self._sem._value  # noqa: SLF001 - read-only gauge
+        return self.max_concurrency - self._sem._value
 
     async def acquire(self, remaining_s: float) -> None:
         if not self._sem.locked():

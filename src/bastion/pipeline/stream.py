@@ -18,7 +18,7 @@ DoneCallback = Callable[[BaseException | None], Awaitable[None] | None]
 
 
 class TargetStream:
-    __slots__ = ("_inner", "_callbacks", "_done", "target", "chunks")
+    __slots__ = ("_callbacks", "_done", "_inner", "chunks", "target")
 
     def __init__(self, inner: ChatStream, target: str) -> None:
         self._inner = inner

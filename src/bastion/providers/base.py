@@ -77,7 +77,7 @@ class PrefetchedStream:
     over through this wrapper.
     """
 
-    __slots__ = ("_first", "_rest", "_closer")
+    __slots__ = ("_closer", "_first", "_rest")
 
     def __init__(self, first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
                  closer: Any = None) -> None:

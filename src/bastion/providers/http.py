@@ -7,7 +7,6 @@ aiohttp session costs about a third of httpx's CPU per small JSON request (see B
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
@@ -108,7 +107,7 @@ async def classified(what: str) -> AsyncIterator[None]:
         yield
     except DependencyError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"{what}: upstream did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnectError(f"{what}: cannot connect to upstream ({exc.os_error})") from exc

@@ -68,13 +68,12 @@ class OpenAICompatibleProvider:
         body = request.upstream_body(model)
         body["stream"] = False
         body.pop("stream_options", None)
-        async with classified("chat"):
-            async with self.session.post(
-                f"{self.base_url}/chat/completions", data=orjson.dumps(body),
-                headers=self._call_headers(ctx), timeout=client_timeout(timeout, streaming=False),
-            ) as resp:
-                await raise_for_status(resp)
-                data = await read_json(resp, "chat")
+        async with classified("chat"), self.session.post(
+            f"{self.base_url}/chat/completions", data=orjson.dumps(body),
+            headers=self._call_headers(ctx), timeout=client_timeout(timeout, streaming=False),
+        ) as resp:
+            await raise_for_status(resp)
+            data = await read_json(resp, "chat")
         if not isinstance(data.get("choices"), list) or not data["choices"]:
             raise UpstreamMalformed("chat: upstream response has no choices")
         return data
@@ -121,23 +120,21 @@ class OpenAICompatibleProvider:
 
     async def embeddings(self, request: EmbeddingsRequest, model: str, timeout: CallTimeout,
                          ctx: RequestContext) -> dict[str, Any]:
-        async with classified("embeddings"):
-            async with self.session.post(
-                f"{self.base_url}/embeddings", data=orjson.dumps(request.upstream_body(model)),
-                headers=self._call_headers(ctx), timeout=client_timeout(timeout, streaming=False),
-            ) as resp:
-                await raise_for_status(resp)
-                data = await read_json(resp, "embeddings")
+        async with classified("embeddings"), self.session.post(
+            f"{self.base_url}/embeddings", data=orjson.dumps(request.upstream_body(model)),
+            headers=self._call_headers(ctx), timeout=client_timeout(timeout, streaming=False),
+        ) as resp:
+            await raise_for_status(resp)
+            data = await read_json(resp, "embeddings")
         if not isinstance(data.get("data"), list):
             raise UpstreamMalformed("embeddings: upstream response has no data")
         return data
 
     async def list_models(self, timeout: CallTimeout) -> list[dict[str, Any]]:
-        async with classified("models"):
-            async with self.session.get(
-                f"{self.base_url}/models", timeout=client_timeout(timeout, streaming=False)
-            ) as resp:
-                await raise_for_status(resp)
-                data = await read_json(resp, "models")
+        async with classified("models"), self.session.get(
+            f"{self.base_url}/models", timeout=client_timeout(timeout, streaming=False)
+        ) as resp:
+            await raise_for_status(resp)
+            data = await read_json(resp, "models")
         models = data.get("data") or data.get("models") or []
         return [m for m in models if isinstance(m, dict)]
