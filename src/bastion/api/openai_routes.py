@@ -31,6 +31,14 @@ def outcome_headers(ctx: RequestContext, config_hash: str) -> dict[str, str]:
         headers["x-bastion-fallback"] = "true" if ctx.fallback_used else "false"
     elif ctx.attempts:
         headers["x-bastion-attempts"] = str(ctx.calls())
+    contract = ctx.contract_outcome()
+    if contract is not None:
+        headers["x-bastion-contract"] = contract
+        headers["x-bastion-contract-steps"] = ",".join(
+            f"{step.target}:{step.phase}={'valid' if step.valid else 'invalid'}"
+            for step in ctx.contract_steps)
+    if ctx.prompt is not None:
+        headers["x-bastion-prompt"] = ctx.prompt
     headers.update(ctx.response_headers)
     return headers
 

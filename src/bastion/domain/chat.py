@@ -110,3 +110,33 @@ class EmbeddingsRequest(BaseModel):
         if value and isinstance(value[0], int):
             return [" ".join(map(str, value))]
         return [" ".join(map(str, item)) for item in value]  # type: ignore[union-attr]
+
+
+def completion_to_chunks(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished ``chat.completion`` replayed as ``chat.completion.chunk`` dicts: a role chunk,
+    the content (or tool calls) in one delta, the finish chunk, and the usage chunk.
+
+    Used when a stream must be validated whole before any byte may reach the client."""
+    base = {"id": response.get("id", ""), "object": "chat.completion.chunk",
+            "created": response.get("created", 0), "model": response.get("model", "")}
+    chunks: list[dict[str, Any]] = []
+    for choice in response.get("choices") or []:
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": ""}
+        chunks.append({**base, "choices": [{"index": index, "delta": delta,
+                                            "finish_reason": None}]})
+        body: dict[str, Any] = {}
+        if message.get("content"):
+            body["content"] = message["content"]
+        if message.get("tool_calls"):
+            body["tool_calls"] = [{**call, "index": i}
+                                  for i, call in enumerate(message["tool_calls"])]
+        if body:
+            chunks.append({**base, "choices": [{"index": index, "delta": body,
+                                                "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": index, "delta": {},
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if response.get("usage"):
+        chunks.append({**base, "choices": [], "usage": response["usage"]})
+    return chunks

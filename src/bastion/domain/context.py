@@ -36,6 +36,16 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class ContractStep:
+    """One output-contract check: which target, first answer or repair, and the verdict."""
+
+    target: str
+    phase: str  # "first" or "repair"
+    valid: bool
+    violations: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     deadline: float
@@ -50,6 +60,10 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     target: str | None = None
     fallback_used: bool = False
+    #: Output-contract checks in order (empty when the request declared no contract).
+    contract_steps: list[ContractStep] = field(default_factory=list)
+    #: The prompt template used, as ``name@version`` (tasks, answers).
+    prompt: str | None = None
     #: Headers any stage wants on the response.
     response_headers: dict[str, str] = field(default_factory=dict)
 
@@ -76,6 +90,15 @@ class RequestContext:
     def calls(self) -> int:
         """Upstream calls actually made (skipped targets are recorded but not counted)."""
         return sum(1 for a in self.attempts if a.called)
+
+    def contract_outcome(self) -> str | None:
+        """``valid``, ``repaired`` or ``failed``; None when nothing was checked."""
+        if not self.contract_steps:
+            return None
+        last = self.contract_steps[-1]
+        if not last.valid:
+            return "failed"
+        return "repaired" if len(self.contract_steps) > 1 else "valid"
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -230,6 +230,36 @@ class AllTargetsFailed(DependencyError):
             self.retry_after = last.retry_after
 
 
+class ContractViolation(DependencyError):
+    """One target's answer broke the output contract, and so did its repair. Not retried on
+    that target (the next target may do better); never reaches a client on its own."""
+
+    retryable = False
+    code = "output_contract_violated"
+
+    def __init__(self, message: str, *, violations: list[Any] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.violations = violations or []
+
+
+class OutputContractFailed(DependencyError):
+    """The safe refusal: no target produced an answer that satisfies the output contract.
+
+    Carries the validation summary and an incident id that also appears in the logs."""
+
+    status = 502
+    type = "output_contract_failed"
+    code = "output_contract_failed"
+    retryable = False
+
+    def __init__(self, message: str, *, violations: list[str], incident_id: str | None = None,
+                 **kw: Any) -> None:
+        self.incident_id = incident_id or new_incident_id()
+        super().__init__(f"{message} (incident {self.incident_id})",
+                         extra={"incident_id": self.incident_id, "violations": violations}, **kw)
+        self.violations = violations
+
+
 class StreamInterrupted(DependencyError):
     """A stream failed after bytes reached the client: reported in-band, never retried."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from bastion.config import TargetConfig
 from bastion.domain.context import RequestContext
+from bastion.pipeline.contract.output import OutputContract
 from bastion.providers.base import CallTimeout, Provider
 
 
@@ -18,6 +19,10 @@ class ChatCall:
     request: Any  # ChatRequest or EmbeddingsRequest
     alias: str
     operation: str  # "chat", "stream" or "embeddings"
+    #: What the answer must satisfy before it is a success (None: nothing declared).
+    contract: OutputContract | None = None
+    #: The validated value (parsed JSON, a pydantic object, checked tool calls) once it passed.
+    validated: Any = None
 
 
 @dataclass(slots=True)

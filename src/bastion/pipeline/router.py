@@ -9,25 +9,31 @@ another model would reject it too. Everything else moves on to the next target.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
 from bastion.config import ModelAlias, TargetConfig
 from bastion.domain.errors import (
     AllTargetsFailed,
+    ContractViolation,
     DeadlineExceeded,
     DependencyError,
     ModelNotFound,
+    OutputContractFailed,
     UpstreamRejected,
     UpstreamTimeout,
 )
+from bastion.observability.metrics import CONTRACT_REFUSALS
 from bastion.pipeline.call import AttemptCall, ChatCall
+from bastion.pipeline.contract.enforce import enforce
 from bastion.pipeline.retry import try_target
 from bastion.pipeline.stage import Handler
 from bastion.pipeline.stream import TargetStream
 from bastion.providers.base import CallTimeout, Provider
 
 _REQUEST_FAULTS = frozenset({400, 413, 422})
+log = logging.getLogger("bastion.contract")
 
 
 async def call_provider(attempt: AttemptCall) -> Any:
@@ -77,15 +83,18 @@ class Router:
     async def __call__(self, call: ChatCall) -> Any:
         targets: list[TargetConfig] = self.alias(call).targets
         last: DependencyError | None = None
+        violated: list[ContractViolation] = []
         for index, target in enumerate(targets):
             if call.ctx.expired():
                 raise DeadlineExceeded("the request deadline was spent during the fallback chain")
             try:
-                result = await try_target(call, target, self.providers[target.provider],
-                                          self.attempt_handler, self.rng)
+                result = await self._answer(call, target)
             except UpstreamRejected as exc:
                 if exc.status in _REQUEST_FAULTS:
                     raise
+                last = exc
+            except ContractViolation as exc:
+                violated.append(exc)
                 last = exc
             except DependencyError as exc:
                 last = exc
@@ -93,6 +102,30 @@ class Router:
                 call.ctx.target = target.key
                 call.ctx.fallback_used = index > 0
                 return result
+        if violated:
+            refusal = OutputContractFailed(
+                f"no answer of '{call.alias}' satisfied the output contract",
+                violations=[str(v) for exc in violated for v in exc.violations])
+            CONTRACT_REFUSALS.inc()
+            # Kinds and paths only: a violation message may quote the model's output.
+            log.warning("output contract failed", extra={
+                "request_id": call.ctx.request_id, "incident_id": refusal.incident_id,
+                "alias": call.alias, "violations": [
+                    f"{v.kind}@{v.path}" for exc in violated for v in exc.violations]})
+            raise refusal
         raise AllTargetsFailed(
             f"all {len(targets)} target(s) of '{call.alias}' failed; last: "
             f"{last.message if last else 'none tried'}", last=last)
+
+    async def _answer(self, call: ChatCall, target: TargetConfig) -> Any:
+        """One target's answer: its retries, then (if declared) its output contract."""
+        provider = self.providers[target.provider]
+
+        def call_target(c: ChatCall) -> Any:
+            return try_target(c, target, provider, self.attempt_handler, self.rng)
+
+        result = await call_target(call)
+        if call.contract is None or call.operation != "chat":
+            return result
+        response, call.validated = await enforce(call, target, result, call_target)
+        return response

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.domain.chat import ChatRequest, EmbeddingsRequest
+from bastion.domain.chat import ChatRequest, EmbeddingsRequest, completion_to_chunks
 from bastion.domain.context import RequestContext
 from bastion.domain.errors import DeadlineExceeded
 from bastion.pipeline.builder import ChatPipeline
 from bastion.pipeline.call import ChatCall
+from bastion.pipeline.contract import OutputContract
 from bastion.pipeline.stream import TargetStream
+from bastion.providers.base import PrefetchedStream
 
 
 @dataclass(slots=True)
@@ -27,6 +29,9 @@ class ChatResult:
 
     response: dict[str, Any]
     ctx: RequestContext
+    #: The validated value when an output contract applied (parsed JSON, a pydantic object,
+    #: or the checked tool calls); None otherwise.
+    value: Any = None
 
     @property
     def target(self) -> str | None:
@@ -88,14 +93,34 @@ class ChatService:
     def __init__(self, pipeline: ChatPipeline) -> None:
         self.pipeline = pipeline
 
-    async def complete(self, request: ChatRequest, ctx: RequestContext) -> ChatResult:
-        response = await self.pipeline.handle(ChatCall(ctx, request, request.model, "chat"))
-        return ChatResult(response, ctx)
+    async def complete(self, request: ChatRequest, ctx: RequestContext, *,
+                       contract: OutputContract | None = None) -> ChatResult:
+        """A completion; if the request (or ``contract``) declares an output contract, only an
+        answer that satisfies it comes back, else ``OutputContractFailed``."""
+        if contract is None:
+            contract = OutputContract.for_request(request)
+        call = ChatCall(ctx, request, request.model, "chat", contract)
+        response = await self.pipeline.handle(call)
+        return ChatResult(response, ctx, call.validated)
 
     async def stream(self, request: ChatRequest, ctx: RequestContext) -> ChatStreamResult:
-        stream = await self.pipeline.handle(ChatCall(ctx, request, request.model, "stream"))
         include = bool(request.stream_options and request.stream_options.include_usage)
+        contract = OutputContract.for_request(request)
+        if contract is not None:
+            # Structured output cannot be checked a chunk at a time, and a chunk that reached
+            # the client cannot be taken back: validate the whole answer, then replay it.
+            result = await self.complete(request, ctx, contract=contract)
+            return ChatStreamResult(_replay(result.response, ctx), ctx, include)
+        stream = await self.pipeline.handle(ChatCall(ctx, request, request.model, "stream"))
         return ChatStreamResult(stream, ctx, include)
 
     async def embeddings(self, request: EmbeddingsRequest, ctx: RequestContext) -> dict[str, Any]:
         return await self.pipeline.handle(ChatCall(ctx, request, request.model, "embeddings"))
+
+
+def _replay(response: dict[str, Any], ctx: RequestContext) -> TargetStream:
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        for chunk in completion_to_chunks(response):
+            yield chunk
+
+    return TargetStream(PrefetchedStream(None, chunks()), ctx.target or "")

@@ -1,0 +1,55 @@
+"""The root of the config file, with the cross-references that must resolve."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from bastion.config.base import Strict
+from bastion.config.models import ModelAlias
+from bastion.config.providers import ProviderConfig
+
+SUPPORTED_VERSIONS = (1,)
+
+
+class RouteConfig(Strict):
+    #: Default deadline of a request on this route; a client may ask for less or (up to
+    #: ``max_deadline_s``) more with the ``X-Bastion-Deadline`` header, in seconds.
+    deadline_s: float = Field(default=60.0, gt=0, le=3600)
+    max_deadline_s: float = Field(default=300.0, gt=0, le=86_400)
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: Trust ``X-Request-ID`` from clients (bounded to 128 safe characters).
+    accept_request_id: bool = True
+
+
+class BastionConfig(Strict):
+    version: int
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelAlias]
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> BastionConfig:
+        if self.version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"version {self.version} is not supported (supported: "
+                             f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+        for alias, spec in self.models.items():
+            for i, target in enumerate(spec.targets):
+                if target.provider not in self.providers:
+                    raise ValueError(
+                        f"models.{alias}.targets.{i}.provider: unknown provider "
+                        f"{target.provider!r} (known: {', '.join(sorted(self.providers))})"
+                    )
+            keys = [t.key for t in spec.targets]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"models.{alias}.targets: a target appears twice; the fallback "
+                                 "chain must not loop")
+        return self
+
+    def route(self, name: str) -> RouteConfig:
+        return self.routes.get(name) or RouteConfig()

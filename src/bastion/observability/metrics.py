@@ -1,0 +1,22 @@
+"""Prometheus metrics. Labels are drawn from small fixed sets (phase, outcome, violation kind,
+error class) so their cardinality stays bounded whatever the traffic."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+CONTRACT_CHECKS = Counter(
+    "bastion_output_contract_checks",
+    "Output-contract checks, by phase (first answer or repair) and verdict. Schema failure rate "
+    "= invalid/all at phase=first; repair success rate = valid/all at phase=repair.",
+    ["phase", "outcome"],
+)
+CONTRACT_VIOLATIONS = Counter(
+    "bastion_output_contract_violations",
+    "Violations found in model answers, by kind.",
+    ["kind"],
+)
+CONTRACT_REFUSALS = Counter(
+    "bastion_output_contract_refusals",
+    "Requests answered with output_contract_failed after every target and repair.",
+)
