@@ -11,18 +11,23 @@ The HTTP server is a thin layer over exactly this object.
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bastion.config import LoadedConfig, load_config
 from bastion.domain.chat import ChatRequest, EmbeddingsRequest
 from bastion.domain.context import Priority, RequestContext
 from bastion.domain.errors import InvalidRequest
+from bastion.domain.rules import RuleSpec
 from bastion.pipeline.builder import ChatPipeline
+from bastion.pipeline.contract import OutputContract, RuleContext
 from bastion.providers.base import Provider
 from bastion.providers.registry import build_provider
 from bastion.services.chat import ChatResult, ChatService, ChatStreamResult
+from bastion.services.prompts import PromptLibrary
+from bastion.services.tasks import TaskResult, TaskService, compile_tasks
 from bastion.stores.base import KeyValueStore
 from bastion.stores.memory import MemoryStore
 
@@ -37,6 +42,19 @@ def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRe
     return InvalidRequest(f"{param}: {msg}" if param else msg, param=param)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load_prompts(loaded: LoadedConfig) -> PromptLibrary:
+    directory = loaded.config.prompts_dir
+    if directory is None:
+        return PromptLibrary.empty()
+    path = Path(directory)
+    if not path.is_absolute():
+        path = Path(loaded.source).parent / path
+    return PromptLibrary.load(path)
+
+
 class Gateway:
     def __init__(self, loaded: LoadedConfig, *, store: KeyValueStore | None = None,
                  providers: dict[str, Provider] | None = None, seed: int | None = None) -> None:
@@ -48,6 +66,9 @@ class Gateway:
         }
         self.pipeline = ChatPipeline(self.config, self.providers, self.store, seed=seed)
         self.chat_service = ChatService(self.pipeline)
+        self.prompts = _load_prompts(loaded)
+        self.task_service = TaskService(
+            compile_tasks(self.config, self.prompts, loaded.source), self.chat_service)
         self._started = False
 
     @classmethod
@@ -77,7 +98,7 @@ class Gateway:
         await self.store.aclose()
         self._started = False
 
-    async def __aenter__(self) -> Gateway:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -116,6 +137,32 @@ class Gateway:
                           ctx: RequestContext | None = None) -> ChatStreamResult:
         """An opened stream (retries and fallbacks happen before this returns)."""
         return await self.chat_service.stream(self.parse_chat(request), ctx or self.context())
+
+    async def structured(self, model: type[M], messages: list[dict[str, Any]], *,
+                         alias: str, rules: list[RuleSpec] | tuple[RuleSpec, ...] = (),
+                         values: dict[str, Any] | None = None,
+                         ctx: RequestContext | None = None, **params: Any) -> M:
+        """A validated ``model`` instance from the answer of ``alias``, or a classified error.
+
+        The model's JSON Schema goes to the upstream as a strict ``json_schema`` response
+        format; the answer is checked against that schema, then by ``model`` itself, then by
+        ``rules`` (which may compare it with ``values``); one repair per target, then the
+        fallback chain, then ``OutputContractFailed``."""
+        request = self.parse_chat({
+            **params, "model": alias, "messages": messages,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": model.__name__, "strict": True, "schema": model.model_json_schema()}},
+        })
+        contract = OutputContract.for_request(request, rules=rules, model=model,
+                                              rule_context=RuleContext(values=values or {}))
+        result = await self.chat_service.complete(request, ctx or self.context(),
+                                                  contract=contract)
+        return result.value  # type: ignore[no-any-return]
+
+    async def task(self, name: str, task_input: dict[str, Any],
+                   ctx: RequestContext | None = None) -> TaskResult:
+        """Run the named task: a validated output, or its deterministic fallback (flagged)."""
+        return await self.task_service.run(name, task_input, ctx or self.context(route="tasks"))
 
     async def embeddings(self, request: EmbeddingsRequest | dict[str, Any],
                          ctx: RequestContext | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from bastion.api.errors import error_response
 from bastion.api.health import health, ready
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
 from bastion.api.request import request_id_of
+from bastion.api.task_routes import list_tasks, run_task
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
 
@@ -60,6 +61,8 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/messages", create_message, methods=["POST"]),
+        Route("/v1/tasks", list_tasks, methods=["GET"]),
+        Route("/v1/tasks/{name}", run_task, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

@@ -18,6 +18,7 @@ from bastion.config.providers import (
     SimulatedProviderConfig,
 )
 from bastion.config.root import SUPPORTED_VERSIONS, BastionConfig, RouteConfig, ServerConfig
+from bastion.config.tasks import TaskConfig
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -36,6 +37,7 @@ __all__ = [
     "ServerConfig",
     "SimulatedProviderConfig",
     "TargetConfig",
+    "TaskConfig",
     "load_config",
     "parse_config",
     "read_secret",

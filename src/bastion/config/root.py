@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from bastion.config.base import Strict
 from bastion.config.models import ModelAlias
 from bastion.config.providers import ProviderConfig
+from bastion.config.tasks import TaskConfig
 
 SUPPORTED_VERSIONS = (1,)
 
@@ -32,6 +33,9 @@ class BastionConfig(Strict):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelAlias]
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    #: Where prompt templates live (``name@version.yaml``), relative to this file.
+    prompts_dir: str | None = None
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> BastionConfig:
@@ -49,6 +53,11 @@ class BastionConfig(Strict):
             if len(set(keys)) != len(keys):
                 raise ValueError(f"models.{alias}.targets: a target appears twice; the fallback "
                                  "chain must not loop")
+        for name, task in self.tasks.items():
+            alias = self.models.get(task.model)
+            if alias is None or alias.kind != "chat":
+                raise ValueError(f"tasks.{name}.model: {task.model!r} is not a chat model alias "
+                                 f"(known: {', '.join(sorted(self.models))})")
         return self
 
     def route(self, name: str) -> RouteConfig:

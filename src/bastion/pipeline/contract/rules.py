@@ -21,10 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from bastion.domain.rules import (
+    Custom,
+    MaxLength,
+    MinLength,
+    NonEmpty,
+    OneOf,
+    RuleSpec,
+    SubsetOf,
+)
 from bastion.pipeline.contract.schema import Violation
 
 
@@ -52,52 +59,6 @@ def register_rule(name: str) -> Callable[[CustomRule], CustomRule]:
 
 def registered_rules() -> list[str]:
     return sorted(_REGISTRY)
-
-
-# --------------------------------------------------------------------------- declarations
-
-
-class _Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MaxLength(_Rule):
-    rule: Literal["max_length"]
-    field: str
-    max: int = Field(ge=0)
-
-
-class MinLength(_Rule):
-    rule: Literal["min_length"]
-    field: str
-    min: int = Field(ge=0)
-
-
-class NonEmpty(_Rule):
-    rule: Literal["non_empty"]
-    field: str
-
-
-class OneOf(_Rule):
-    rule: Literal["one_of"]
-    field: str
-    values: list[Any] = Field(min_length=1)
-
-
-class SubsetOf(_Rule):
-    """Every value at ``field`` must be one of the request-supplied values named ``source``."""
-
-    rule: Literal["subset_of"]
-    field: str
-    source: str
-
-
-class Custom(_Rule):
-    rule: Literal["custom"]
-    name: str
-
-
-RuleSpec = MaxLength | MinLength | NonEmpty | OneOf | SubsetOf | Custom
 
 
 # --------------------------------------------------------------------------- evaluation
