@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from bastion.config.admission import (
+    AdmissionConfig,
+    AuthConfig,
+    BudgetsConfig,
+    CacheConfig,
+    IdempotencyConfig,
+    LedgerConfig,
+    LimitsConfig,
+    Price,
+    StateConfig,
+)
 from bastion.config.base import Strict
 from bastion.config.models import ModelAlias
 from bastion.config.providers import ProviderConfig
@@ -36,6 +47,16 @@ class BastionConfig(Strict):
     #: Where prompt templates live (``name@version.yaml``), relative to this file.
     prompts_dir: str | None = None
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
+    state: StateConfig = Field(default_factory=StateConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    #: Prices by target (``provider/model``); a target without a price costs 0.
+    pricing: dict[str, Price] = Field(default_factory=dict)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> BastionConfig:

@@ -9,7 +9,26 @@ read followed by a write.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class WindowHit:
+    """The outcome of one sliding-window rate-limit hit."""
+
+    allowed: bool
+    #: The weighted count after this hit (or what it would have been, when refused).
+    count: float
+    limit: int
+    #: Seconds until enough of the window has slid by for ``cost`` to fit (0 when allowed).
+    retry_after_s: float
+    #: Seconds until the current window ends (the ``x-ratelimit-reset-*`` figure).
+    reset_s: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, int(self.limit - self.count))
 
 
 class KeyValueStore(Protocol):
@@ -26,6 +45,36 @@ class KeyValueStore(Protocol):
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         """Atomically add ``amount`` and return the new value. The TTL is set when the key is
         created and not extended by later increments (a fixed window)."""
+        ...
+
+    async def reserve(self, key: str, amount: int, limit: int,
+                      ttl_s: float | None = None) -> tuple[bool, int]:
+        """Atomically add ``amount`` only if the total stays <= ``limit``.
+
+        Returns (reserved, total): the new total when reserved, else the unchanged one. The
+        TTL is set when the key is created (a budget period). A negative ``amount`` always
+        applies (settling a reservation) and the total never goes below zero."""
+        ...
+
+    async def window_hit(self, key: str, cost: int, limit: int, window_s: float) -> WindowHit:
+        """A sliding-window-counter rate limit, decided and recorded in one atomic step.
+
+        The weighted count is ``previous_window * (1 - elapsed_fraction) + current_window``;
+        the hit is recorded in the current window only if that count plus ``cost`` stays
+        <= ``limit``. ``cost`` 0 only reports the state."""
+        ...
+
+    async def window_adjust(self, key: str, delta: int, window_s: float) -> None:
+        """Add ``delta`` (may be negative) to the current window of ``key``, never below zero:
+        settling an estimate (tokens per minute) with the real figure after the call."""
+        ...
+
+    async def lease_acquire(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
+        """Hold one of ``limit`` slots of ``key`` as ``holder`` for at most ``ttl_s`` (a crashed
+        holder's slot comes back when its lease expires). True if a slot was taken."""
+        ...
+
+    async def lease_release(self, key: str, holder: str) -> None:
         ...
 
     async def delete(self, key: str) -> None:
