@@ -51,6 +51,7 @@ class RequestContext:
     deadline: float
     route: str = "chat"
     tenant: str = "default"
+    key_id: str | None = None
     priority: Priority = Priority.default
     idempotency_key: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -64,6 +65,11 @@ class RequestContext:
     contract_steps: list[ContractStep] = field(default_factory=list)
     #: The prompt template used, as ``name@version`` (tasks, answers).
     prompt: str | None = None
+    #: The response cache's verdict: hit, miss, stale, bypass (None: not cacheable).
+    cache: str | None = None
+    #: Token usage of every upstream answer of this request (repairs included), summed.
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
     #: Headers any stage wants on the response.
     response_headers: dict[str, str] = field(default_factory=dict)
 
@@ -90,6 +96,19 @@ class RequestContext:
     def calls(self) -> int:
         """Upstream calls actually made (skipped targets are recorded but not counted)."""
         return sum(1 for a in self.attempts if a.called)
+
+    def add_usage(self, usage: dict[str, Any] | None) -> None:
+        """Add one upstream answer's ``usage`` to the request's total."""
+        if not usage:
+            return
+        total = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            total[key] = total.get(key, 0) + int(usage.get(key) or 0)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached:
+            details = total.setdefault("prompt_tokens_details", {"cached_tokens": 0})
+            details["cached_tokens"] += int(cached)
+        self.usage = total
 
     def contract_outcome(self) -> str | None:
         """``valid``, ``repaired`` or ``failed``; None when nothing was checked."""

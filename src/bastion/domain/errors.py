@@ -119,6 +119,38 @@ class TenantLimitExceeded(UserError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(TenantLimitExceeded):
+    """The request's worst-case cost does not fit what is left of a budget. Not transient
+    within the period, hence 402 rather than 429."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class IdempotencyKeyReused(UserError):
+    """The same ``Idempotency-Key`` came with a different body: a client bug, never a replay."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(Conflict):
+    code = "idempotency_in_progress"
+
+
+class Overloaded(BastionError):
+    """Shed at admission: the process is at capacity for this priority. Retry after a moment.
+    Not the caller's fault and not an upstream's: bastion's own capacity, so it is retryable."""
+
+    family = "dependency"
+    retryable = True
+    status = 503
+    type = "overloaded_error"
+    code = "overloaded"
+
+
 class PolicyBlocked(UserError):
     status = 403
     type = "policy_error"

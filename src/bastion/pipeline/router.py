@@ -50,11 +50,15 @@ async def call_provider(attempt: AttemptCall) -> Any:
         async with scope:
             op = attempt.chat.operation
             if op == "chat":
-                return await provider.chat(request, model, timeout, ctx)
+                response = await provider.chat(request, model, timeout, ctx)
+                ctx.add_usage(response.get("usage"))
+                return response
             if op == "stream":
                 opened = await provider.open_stream(request, model, timeout, ctx)
                 return TargetStream(opened, attempt.target.key)
-            return await provider.embeddings(request, model, timeout, ctx)
+            response = await provider.embeddings(request, model, timeout, ctx)
+            ctx.add_usage(response.get("usage"))
+            return response
     except TimeoutError:
         if not scope.expired():
             raise

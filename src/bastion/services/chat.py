@@ -9,13 +9,13 @@ the response headers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.domain.chat import ChatRequest, EmbeddingsRequest, completion_to_chunks
 from bastion.domain.context import RequestContext
-from bastion.domain.errors import DeadlineExceeded
+from bastion.domain.errors import ClientClosedRequest, DeadlineExceeded
 from bastion.pipeline.builder import ChatPipeline
 from bastion.pipeline.call import ChatCall
 from bastion.pipeline.contract import OutputContract
@@ -46,20 +46,29 @@ class ChatResult:
         return self.ctx.fallback_used
 
 
+Finish = Callable[[BaseException | None], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class ChatStreamResult:
     """An opened stream. Iterate it for ``chat.completion.chunk`` dicts; a failure after the
     first chunk raises the classified error (the HTTP layer turns it into an error event).
-    ``usage`` holds the upstream's usage once the stream has ended."""
+    ``usage`` holds the upstream's usage once the stream has ended. ``on_finish`` callbacks
+    run exactly once when the stream ends, fails or is closed, with the error or None."""
 
     stream: TargetStream
     ctx: RequestContext
     include_usage: bool
     usage: dict[str, Any] | None = field(default=None)
+    #: False for a replayed answer whose usage was already counted when it was produced.
+    counts_usage: bool = True
+    on_finish: list[Finish] = field(default_factory=list)
+    _finished: bool = False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         deadline = self.ctx.deadline
         iterator = self.stream.__aiter__()
+        outcome: BaseException | None = None
         try:
             while True:
                 scope = asyncio.timeout_at(deadline)
@@ -76,17 +85,35 @@ class ChatStreamResult:
                 usage = chunk.get("usage")
                 if usage:
                     self.usage = usage
+                    if self.counts_usage:
+                        self.ctx.add_usage(usage)
                     if not self.include_usage:
                         if not chunk.get("choices"):
                             continue
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 yield chunk
+        except BaseException as exc:
+            outcome = exc
+            raise
         finally:
-            await iterator.aclose()
-            await self.stream.aclose()
+            try:
+                await iterator.aclose()
+                await self.stream.aclose()
+            finally:
+                await self._finish(outcome)
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        try:
+            await self.stream.aclose()
+        finally:
+            await self._finish(ClientClosedRequest("the stream was closed before it ended"))
+
+    async def _finish(self, outcome: BaseException | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for fn in self.on_finish:
+            await fn(outcome)
 
 
 class ChatService:
@@ -110,7 +137,8 @@ class ChatService:
             # Structured output cannot be checked a chunk at a time, and a chunk that reached
             # the client cannot be taken back: validate the whole answer, then replay it.
             result = await self.complete(request, ctx, contract=contract)
-            return ChatStreamResult(_replay(result.response, ctx), ctx, include)
+            return ChatStreamResult(_replay(result.response, ctx), ctx, include,
+                                    counts_usage=False)
         stream = await self.pipeline.handle(ChatCall(ctx, request, request.model, "stream"))
         return ChatStreamResult(stream, ctx, include)
 

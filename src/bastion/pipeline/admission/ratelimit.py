@@ -1,0 +1,138 @@
+"""Rate limits per tenant, per API key and per route: requests and tokens per minute, and
+requests in flight, exact across workers because every decision is one atomic store call.
+
+Written on the store's ``window_hit`` (a sliding-window counter) rather than the ``limits``
+library: bastion must reserve an estimate before the call and settle it with the real usage
+after (``limits`` has no refund), hold and release in-flight slots that a crashed worker gives
+back (leases), and run on the same store protocol as budgets, breakers and the cache (memory,
+SQLite now; Redis and Postgres later), where ``limits`` has no SQLite or Postgres storage.
+
+A request that passes one scope and fails the next is rolled back in the scopes it passed, so
+a refused request never consumes anyone's quota. Refusals are 429 with ``Retry-After`` and the
+``x-ratelimit-*`` headers the OpenAI API sends; admitted requests carry the same headers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from bastion.config import LimitsConfig, RateLimit
+from bastion.domain.context import RequestContext
+from bastion.domain.errors import TenantLimitExceeded
+from bastion.stores.base import KeyValueStore, WindowHit
+
+WINDOW_S = 60.0
+
+
+def format_reset(seconds: float) -> str:
+    """Durations as the OpenAI API writes them: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(int(math.ceil(seconds)), 60)
+    return f"{minutes}m{rest}s"
+
+
+@dataclass(slots=True)
+class RateHold:
+    """What one admitted request holds, to settle or release when it ends."""
+
+    token_keys: list[str] = field(default_factory=list)
+    tokens_estimated: int = 0
+    leases: list[str] = field(default_factory=list)
+    holder: str = ""
+
+
+class RateLimiter:
+    def __init__(self, store: KeyValueStore, config: LimitsConfig) -> None:
+        self.store = store
+        self.config = config
+
+    def scopes(self, ctx: RequestContext) -> list[tuple[str, RateLimit]]:
+        tenant = self.config.tenants.get(ctx.tenant, self.config.default)
+        scopes = [(f"t:{ctx.tenant}", tenant)]
+        if ctx.key_id is not None and ctx.key_id in self.config.keys:
+            scopes.append((f"k:{ctx.key_id}", self.config.keys[ctx.key_id]))
+        if ctx.route in self.config.routes:
+            scopes.append((f"r:{ctx.tenant}:{ctx.route}", self.config.routes[ctx.route]))
+        return [(name, limit) for name, limit in scopes
+                if limit.requests_per_minute or limit.tokens_per_minute
+                or limit.concurrent_requests]
+
+    async def admit(self, ctx: RequestContext, tokens: int) -> RateHold:
+        """Count the request against every scope, or raise ``TenantLimitExceeded``."""
+        hold = RateHold(tokens_estimated=tokens, holder=ctx.request_id)
+        tightest: dict[str, WindowHit] = {}
+        request_keys: list[str] = []
+        try:
+            for name, limit in self.scopes(ctx):
+                if limit.requests_per_minute:
+                    key = f"rl:{name}:req"
+                    hit = await self.store.window_hit(key, 1, limit.requests_per_minute,
+                                                      WINDOW_S)
+                    self._refuse_unless(hit, "requests per minute", name, tightest, "requests")
+                    request_keys.append(key)
+                if limit.tokens_per_minute:
+                    key = f"rl:{name}:tok"
+                    hit = await self.store.window_hit(key, tokens, limit.tokens_per_minute,
+                                                      WINDOW_S)
+                    self._refuse_unless(hit, "tokens per minute", name, tightest, "tokens")
+                    hold.token_keys.append(key)
+                if limit.concurrent_requests:
+                    key = f"rl:{name}:conc"
+                    ttl = max(ctx.remaining(), 1.0) + 30.0
+                    if not await self.store.lease_acquire(key, hold.holder,
+                                                          limit.concurrent_requests, ttl):
+                        raise TenantLimitExceeded(
+                            f"too many concurrent requests for {name.split(':')[0]} scope "
+                            f"(limit {limit.concurrent_requests})", retry_after=1.0)
+                    hold.leases.append(key)
+        except TenantLimitExceeded as exc:
+            for key in request_keys:
+                await self.store.window_adjust(key, -1, WINDOW_S)
+            await self.release(hold, refund_tokens=True)
+            exc.headers.update(ratelimit_headers(tightest))
+            raise
+        ctx.response_headers.update(ratelimit_headers(tightest))
+        return hold
+
+    @staticmethod
+    def _refuse_unless(hit: WindowHit, what: str, scope: str,
+                       tightest: dict[str, WindowHit], kind: str) -> None:
+        best = tightest.get(kind)
+        if best is None or hit.remaining < best.remaining or not hit.allowed:
+            tightest[kind] = hit
+        if not hit.allowed:
+            raise TenantLimitExceeded(
+                f"rate limit reached: {hit.limit} {what} ({scope.split(':')[0]} scope); "
+                f"retry after {hit.retry_after_s:.1f}s", retry_after=hit.retry_after_s)
+
+    async def settle(self, hold: RateHold, tokens_used: int | None) -> None:
+        """Replace the token estimate by the real figure, and release in-flight slots."""
+        if tokens_used is not None and hold.token_keys:
+            delta = tokens_used - hold.tokens_estimated
+            if delta:
+                for key in hold.token_keys:
+                    await self.store.window_adjust(key, delta, WINDOW_S)
+        await self.release(hold)
+
+    async def release(self, hold: RateHold, *, refund_tokens: bool = False) -> None:
+        if refund_tokens:
+            for key in hold.token_keys:
+                await self.store.window_adjust(key, -hold.tokens_estimated, WINDOW_S)
+            hold.token_keys.clear()
+        for key in hold.leases:
+            await self.store.lease_release(key, hold.holder)
+        hold.leases.clear()
+
+
+def ratelimit_headers(tightest: dict[str, WindowHit]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind, hit in tightest.items():
+        headers[f"x-ratelimit-limit-{kind}"] = str(hit.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(hit.remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = format_reset(
+            hit.retry_after_s if not hit.allowed else hit.reset_s)
+    return headers

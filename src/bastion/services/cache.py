@@ -1,0 +1,136 @@
+"""Exact-match response cache, for deterministic requests only, with stampede protection and a
+stale tier for when every target fails.
+
+Only a request that asks for a deterministic answer is cached: ``temperature`` 0 or an explicit
+``seed``. The key covers the tenant, the model alias and the whole request body except what
+does not change the answer (``stream``, ``stream_options``, ``user``); so two tenants never
+share an entry, and any change of messages or parameters is a miss.
+
+N concurrent identical requests make one upstream call: the first becomes the leader, the rest
+wait for its result in this process (single flight). An entry is fresh for the route's TTL and
+kept ``stale_if_error_s`` longer; a stale entry is never served while the model answers, only
+as the last tier when every target failed, and the response says so (``x-bastion-cache:
+stale``). ``Cache-Control: no-cache`` skips the lookup (the answer still refreshes the entry);
+``no-store`` neither reads nor writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from bastion.config import CacheConfig
+from bastion.domain.chat import ChatRequest
+from bastion.domain.context import RequestContext
+from bastion.domain.errors import DependencyError
+from bastion.stores.base import KeyValueStore
+
+_IGNORED = frozenset({"stream", "stream_options", "user"})
+
+Producer = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def is_deterministic(request: ChatRequest) -> bool:
+    return request.temperature == 0 or request.seed is not None
+
+
+def cache_key(tenant: str, request: ChatRequest) -> str:
+    body = request.model_dump(exclude_none=True, exclude_unset=True)
+    canonical = {k: v for k, v in body.items() if k not in _IGNORED}
+    digest = hashlib.sha256(orjson.dumps([tenant, canonical],
+                                         option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"cache:{digest}"
+
+
+class ResponseCache:
+    def __init__(self, store: KeyValueStore, config: CacheConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.hits = self.misses = self.stale_served = 0
+
+    def ttl(self, route: str) -> float:
+        return self.config.routes_ttl_s.get(route, self.config.ttl_s)
+
+    async def complete(self, request: ChatRequest, ctx: RequestContext, produce: Producer,
+                       cache_control: str = "") -> dict[str, Any]:
+        """The response for ``request``: from the cache when fresh, else from ``produce``."""
+        directives = {d.strip().lower() for d in cache_control.split(",") if d.strip()}
+        if not self.config.enabled or not is_deterministic(request) or "no-store" in directives:
+            ctx.cache = "bypass" if self.config.enabled and is_deterministic(request) else None
+            return await produce()
+        key = cache_key(ctx.tenant, request)
+        ttl = self.ttl(ctx.route)
+        if "no-cache" in directives:
+            ctx.cache = "bypass"
+        else:
+            entry = await self.store.get(key)
+            if entry is not None and self.clock() - entry["at"] < ttl:
+                self.hits += 1
+                ctx.cache = "hit"
+                return entry["response"]  # type: ignore[no-any-return]
+            leader = self._inflight.get(key)
+            if leader is not None:
+                followed = await self._follow(leader, key, ctx)
+                if followed is not None:
+                    return followed
+            ctx.cache = "miss"
+            self.misses += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            response = await produce()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # followers handle it; do not warn that nobody retrieved it
+            else:
+                future.cancel()  # followers make the call themselves
+            if isinstance(exc, DependencyError):
+                stale = await self._stale(key, ctx)
+                if stale is not None:
+                    return stale
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        future.set_result(response)
+        encoded_size = len(orjson.dumps(response))
+        if encoded_size <= self.config.max_entry_bytes:
+            await self.store.set(key, {"at": self.clock(), "response": response},
+                                 ttl + self.config.stale_if_error_s)
+        return response
+
+    async def _follow(self, leader: asyncio.Future[dict[str, Any]], key: str,
+                      ctx: RequestContext) -> dict[str, Any] | None:
+        """Wait for the leader's answer. None when the leader was cancelled (its client went
+        away): then this request makes the call itself."""
+        try:
+            response = await asyncio.shield(leader)
+        except asyncio.CancelledError:
+            if leader.cancelled():
+                return None
+            raise
+        except DependencyError:
+            stale = await self._stale(key, ctx)
+            if stale is None:
+                raise
+            return stale
+        self.hits += 1
+        ctx.cache = "hit"
+        return response
+
+    async def _stale(self, key: str, ctx: RequestContext) -> dict[str, Any] | None:
+        entry = await self.store.get(key)
+        if entry is None:
+            return None
+        self.stale_served += 1
+        ctx.cache = "stale"
+        return entry["response"]  # type: ignore[no-any-return]
