@@ -1,23 +1,79 @@
-"""The embedded hot-state store: a dict with lazy expiry, for one process.
+"""The embedded hot-state store: dicts with lazy expiry, for one process.
 
 Every method completes without awaiting, so each one is atomic with respect to other
-coroutines on the event loop, which is what makes ``set_if_absent`` and ``incr`` exact here.
-Expired keys are dropped when touched and by a periodic sweep, so memory stays bounded by the
-live keys.
+coroutines on the event loop, which is what makes ``set_if_absent``, ``incr``, ``reserve``,
+``window_hit`` and ``lease_acquire`` exact here. Expired entries are dropped when touched and by
+a periodic sweep, so memory stays bounded by the live keys.
+
+Values, windows and leases are kept apart (as the SQLite store keeps them in three tables); a
+key is meant to be used by one family of operations, and ``delete`` clears it whichever it is.
+
+The sliding-window arithmetic is written once, here (``window_counts``, ``window_decide``), and
+the SQLite store imports it, so both backends give the same answers for the same sequence of
+calls and the same clock.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from bastion.stores.base import WindowHit
+
 _SWEEP_EVERY = 4096
+#: Slack in the window comparison for float rounding (counts are whole numbers: this changes
+#: no decision between whole counts).
+_EPS = 1e-9
+#: Added to every computed ``retry_after_s`` so that waiting exactly that long is enough: a
+#: wall-clock reading near 1.7e9 s is only exact to 2.4e-7 s (one float ulp).
+_RETRY_PAD_S = 1e-6
+
+
+def window_counts(now: float, window_s: float,
+                  counts: Mapping[float, int]) -> tuple[float, int, int]:
+    """(current window start, previous window's count, current window's count).
+
+    Windows are aligned to multiples of ``window_s`` on the clock; both starts are computed by
+    the same multiplication, so a stored start compares equal to a recomputed one."""
+    index = math.floor(now / window_s)
+    start = index * window_s
+    return start, counts.get((index - 1) * window_s, 0), counts.get(start, 0)
+
+
+def window_decide(now: float, window_s: float, start: float, prev: int, curr: int,
+                  cost: int, limit: int) -> WindowHit:
+    """Decide one hit; the caller adds ``cost`` to the current window when it is allowed."""
+    elapsed = now - start
+    weighted = prev * (1.0 - elapsed / window_s) + curr
+    reset_s = start + window_s - now
+    if cost > limit:  # never fits, however long the caller waits
+        return WindowHit(False, weighted + cost, limit, window_s, reset_s)
+    if weighted + cost <= limit + _EPS:
+        return WindowHit(True, weighted + cost, limit, 0.0, reset_s)
+    if curr + cost <= limit:
+        # Fits later in this window, once the previous window's weight has decayed enough:
+        # prev * (1 - (elapsed + t) / window_s) <= limit - cost - curr.
+        room = limit - cost - curr
+        retry = window_s * (1.0 - room / prev) - elapsed
+    else:
+        # Not in this window; in the next one, this window's count becomes the decaying one:
+        # curr * (1 - e / window_s) + cost <= limit, at e seconds into the next window.
+        retry = reset_s + window_s * (1.0 - (limit - cost) / curr)
+    return WindowHit(False, weighted + cost, limit, max(0.0, retry) + _RETRY_PAD_S, reset_s)
 
 
 class MemoryStore:
-    def __init__(self) -> None:
-        # key -> (value, expires_at or None); expires_at on the monotonic clock.
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        # Monotonic by default: one process, and no jumps when the wall clock is set.
+        self._clock = clock
+        # key -> (value, expires_at or None).
         self._data: dict[str, tuple[Any, float | None]] = {}
+        # key -> ({window start: count} for the current and previous window, expires_at).
+        self._windows: dict[str, tuple[dict[float, int], float]] = {}
+        # key -> {holder: expires_at}.
+        self._leases: dict[str, dict[str, float]] = {}
         self._ops = 0
 
     def _live(self, key: str, now: float) -> tuple[Any, float | None] | None:
@@ -29,37 +85,43 @@ class MemoryStore:
             return None
         return entry
 
-    def _tick(self, now: float) -> None:
+    def _tick(self) -> float:
+        """The time now, sweeping every expired entry once in ``_SWEEP_EVERY`` writes."""
+        now = self._clock()
         self._ops += 1
         if self._ops % _SWEEP_EVERY == 0:
-            dead = [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]
-            for k in dead:
-                del self._data[k]
+            self._sweep(now)
+        return now
+
+    def _sweep(self, now: float) -> None:
+        for k in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
+            del self._data[k]
+        for k in [k for k, (_, exp) in self._windows.items() if exp <= now]:
+            del self._windows[k]
+        for k in list(self._leases):
+            self._live_leases(k, now)
 
     @staticmethod
     def _expiry(now: float, ttl_s: float | None) -> float | None:
         return None if ttl_s is None else now + ttl_s
 
     async def get(self, key: str) -> Any | None:
-        entry = self._live(key, time.monotonic())
+        entry = self._live(key, self._clock())
         return None if entry is None else entry[0]
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
-        now = time.monotonic()
-        self._tick(now)
+        now = self._tick()
         self._data[key] = (value, self._expiry(now, ttl_s))
 
     async def set_if_absent(self, key: str, value: Any, ttl_s: float | None = None) -> bool:
-        now = time.monotonic()
-        self._tick(now)
+        now = self._tick()
         if self._live(key, now) is not None:
             return False
         self._data[key] = (value, self._expiry(now, ttl_s))
         return True
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        now = time.monotonic()
-        self._tick(now)
+        now = self._tick()
         entry = self._live(key, now)
         if entry is None:
             self._data[key] = (amount, self._expiry(now, ttl_s))
@@ -68,16 +130,90 @@ class MemoryStore:
         self._data[key] = (value, entry[1])
         return value
 
+    async def reserve(self, key: str, amount: int, limit: int,
+                      ttl_s: float | None = None) -> tuple[bool, int]:
+        now = self._tick()
+        entry = self._live(key, now)
+        total = 0 if entry is None else int(entry[0])
+        if amount < 0:
+            new = max(0, total + amount)
+        elif total + amount <= limit:
+            new = total + amount
+        else:
+            return False, total
+        # A settle (or a zero reservation) never creates the key: it would create it without
+        # the period's TTL, and the next reservation would then not set one.
+        if entry is not None:
+            self._data[key] = (new, entry[1])
+        elif amount > 0:
+            self._data[key] = (new, self._expiry(now, ttl_s))
+        return True, new
+
+    def _window(self, key: str, now: float, window_s: float) -> tuple[float, int, int]:
+        entry = self._windows.get(key)
+        counts = entry[0] if entry is not None and entry[1] > now else {}
+        return window_counts(now, window_s, counts)
+
+    def _record(self, key: str, start: float, window_s: float, prev: int, curr: int) -> None:
+        # The current window counts until two windows from its start (as the previous one).
+        self._windows[key] = ({start - window_s: prev, start: curr}, start + 2 * window_s)
+
+    async def window_hit(self, key: str, cost: int, limit: int, window_s: float) -> WindowHit:
+        now = self._tick()
+        start, prev, curr = self._window(key, now, window_s)
+        hit = window_decide(now, window_s, start, prev, curr, cost, limit)
+        if hit.allowed and cost:
+            self._record(key, start, window_s, prev, curr + cost)
+        return hit
+
+    async def window_adjust(self, key: str, delta: int, window_s: float) -> None:
+        now = self._tick()
+        start, prev, curr = self._window(key, now, window_s)
+        new = max(0, curr + delta)
+        if new != curr:
+            self._record(key, start, window_s, prev, new)
+
+    def _live_leases(self, key: str, now: float) -> dict[str, float]:
+        held = self._leases.get(key)
+        if held is None:
+            return {}
+        for holder in [h for h, exp in held.items() if exp <= now]:
+            del held[holder]
+        if not held:
+            del self._leases[key]
+        return held
+
+    async def lease_acquire(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
+        """A holder that already holds a slot keeps that one slot and its lease is renewed
+        (acquiring is idempotent per holder, so a retried acquire never takes two slots)."""
+        now = self._tick()
+        held = self._live_leases(key, now)
+        if holder not in held and len(held) >= limit:
+            return False
+        self._leases.setdefault(key, held)[holder] = now + ttl_s
+        return True
+
+    async def lease_release(self, key: str, holder: str) -> None:
+        held = self._leases.get(key)
+        if held is not None:
+            held.pop(holder, None)
+            if not held:
+                del self._leases[key]
+
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
+        self._windows.pop(key, None)
+        self._leases.pop(key, None)
 
     async def ping(self) -> bool:
         return True
 
     async def aclose(self) -> None:
         self._data.clear()
+        self._windows.clear()
+        self._leases.clear()
 
     def size(self) -> int:
         """Keys held, live or not yet swept (deliberately not ``__len__``: an empty store must
         stay truthy, or ``store or MemoryStore()`` would silently swap it)."""
-        return len(self._data)
+        return len(self._data) + len(self._windows) + len(self._leases)
