@@ -1,0 +1,198 @@
+"""Tenants and API keys: creating them, and turning a presented key into a ``Principal``.
+
+Keys are ``bst_`` followed by 32 random bytes from ``secrets`` (url-safe base64). Only the
+SHA-256 of the plaintext is stored. A fast, unsalted hash is the right tool here, as for
+GitHub's and Stripe's tokens: salts and slow hashes (bcrypt, argon2) exist to make guessing
+*low-entropy passwords* expensive, and a 256-bit random key cannot be guessed at any hash
+speed. A fast hash also lets the store find a key by an indexed equality lookup on its hash, so
+the comparison is never on the secret itself and there is no per-request KDF cost.
+
+``authenticate`` sits on every request, so it keeps a small in-process cache of
+hash -> principal (bounded, a few seconds' TTL). A revocation or a disabled tenant takes effect
+at once in the process that made it; **another worker process, or the CLI working on the
+SQLite file, is seen within the TTL** (``cache_ttl_s``, 5 s by default). Unknown keys are not
+cached, so a key created elsewhere works at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from bastion.domain.errors import InvalidRequest, NotFound, Unauthenticated
+from bastion.domain.identity import (
+    DEFAULT_PRINCIPAL,
+    TENANT_NAME,
+    ApiKey,
+    KeyRecord,
+    Principal,
+    Tenant,
+)
+from bastion.stores.identity import IdentityStore
+
+#: Every bastion key starts with this, so a leaked key is recognisable (secret scanners) and a
+#: placeholder such as ``unused`` is never mistaken for one.
+KEY_PREFIX = "bst_"
+#: Characters of the plaintext kept for display: ``bst_`` and 8 random characters.
+DISPLAY_PREFIX_CHARS = 12
+_MAX_KEY_CHARS = 256
+_MAX_KEY_NAME_CHARS = 100
+
+
+def hash_key(plaintext: str) -> str:
+    """The stored form of a key: SHA-256, hex (see the module docstring for why not a KDF)."""
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def looks_like_key(token: str) -> bool:
+    """Whether ``token`` is shaped like a bastion key; other tokens are placeholders."""
+    return token.startswith(KEY_PREFIX)
+
+
+class PrincipalCache:
+    """Hash -> principal, least recently used first out, each entry fresh for ``ttl_s``.
+
+    ``generation`` moves on every ``drop``: a lookup that started before a revocation must not
+    cache what it read, or the revoked key would work here for another TTL."""
+
+    def __init__(self, max_entries: int = 4096, ttl_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self.generation = 0
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._entries[key_hash]
+            return None
+        self._entries.move_to_end(key_hash)
+        return entry[0]
+
+    def put(self, key_hash: str, principal: Principal, generation: int) -> None:
+        if generation != self.generation or self.ttl_s <= 0 or self.max_entries <= 0:
+            return
+        self._entries[key_hash] = (principal, self._clock() + self.ttl_s)
+        self._entries.move_to_end(key_hash)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, *, key_id: str | None = None, tenant_id: str | None = None) -> None:
+        """Forget the entries of a key or a tenant (rare: a revocation, a disabled tenant)."""
+        self.generation += 1
+        for h in [h for h, (p, _) in self._entries.items()
+                  if (key_id is not None and p.key_id == key_id)
+                  or (tenant_id is not None and p.tenant_id == tenant_id)]:
+            del self._entries[h]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class IdentityService:
+    def __init__(self, store: IdentityStore, *, cache_ttl_s: float = 5.0,
+                 cache_entries: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.cache = PrincipalCache(cache_entries, cache_ttl_s, clock)
+
+    # -- tenants
+
+    async def create_tenant(self, name: str) -> Tenant:
+        """A new tenant whose id is ``name``; ``InvalidRequest`` for a name that is not a
+        slug, ``Conflict`` when it exists."""
+        if not isinstance(name, str) or not TENANT_NAME.match(name):
+            raise InvalidRequest("a tenant name is 1-63 lower-case letters, digits, '-' or '_', "
+                                 "starting with a letter or digit", param="name")
+        tenant = Tenant(id=name, name=name, created_at=int(time.time()))
+        await self.store.create_tenant(tenant)
+        return tenant
+
+    async def list_tenants(self) -> list[Tenant]:
+        return await self.store.list_tenants()
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        tenant = await self.store.get_tenant(tenant_id)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id!r}", param="tenant")
+        return tenant
+
+    async def set_tenant_disabled(self, tenant_id: str, disabled: bool = True) -> Tenant:
+        """Disable (or re-enable) a tenant: its keys stop authenticating, nothing is deleted."""
+        tenant = await self.store.set_tenant_disabled(tenant_id, disabled)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id!r}", param="tenant")
+        self.cache.drop(tenant_id=tenant_id)
+        return tenant
+
+    # -- keys
+
+    async def create_key(self, tenant_id: str, name: str = "default") -> tuple[ApiKey, str]:
+        """A new key for the tenant and its plaintext. The plaintext is returned this once and
+        is not recoverable: only its hash is stored."""
+        if not isinstance(name, str) or not 0 < len(name) <= _MAX_KEY_NAME_CHARS:
+            raise InvalidRequest(f"a key name is 1-{_MAX_KEY_NAME_CHARS} characters",
+                                 param="name")
+        await self.get_tenant(tenant_id)
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(id="key_" + secrets.token_hex(8), tenant_id=tenant_id, name=name,
+                     prefix=plaintext[:DISPLAY_PREFIX_CHARS], created_at=int(time.time()))
+        await self.store.create_key(KeyRecord(key, hash_key(plaintext)))
+        return key, plaintext
+
+    async def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
+        if tenant_id is not None:
+            await self.get_tenant(tenant_id)
+        return await self.store.list_keys(tenant_id)
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke at once in this process (and within the cache TTL everywhere else).
+        Revoking a revoked key is not an error: it answers with the first revocation."""
+        key = await self.store.revoke_key(key_id, int(time.time()))
+        if key is None:
+            raise NotFound(f"no API key {key_id!r}", param="key_id")
+        self.cache.drop(key_id=key_id)
+        return key
+
+    # -- authentication
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal of a presented key; ``Unauthenticated`` for a missing, unknown or
+        revoked key, or one whose tenant is disabled or gone."""
+        if not token:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' or "
+                                  "'x-api-key: <key>'")
+        if not looks_like_key(token) or len(token) > _MAX_KEY_CHARS:
+            raise Unauthenticated("invalid API key")  # not ours: no store lookup
+        key_hash = hash_key(token)
+        cached = self.cache.get(key_hash)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
+        key = await self.store.find_key_by_hash(key_hash)
+        if key is None:
+            raise Unauthenticated("invalid API key")
+        if key.revoked:
+            raise Unauthenticated("this API key has been revoked", code="api_key_revoked")
+        tenant = await self.store.get_tenant(key.tenant_id)
+        if tenant is None or tenant.disabled:
+            raise Unauthenticated("the tenant of this API key is disabled",
+                                  code="tenant_disabled")
+        principal = Principal(tenant.id, key.id)
+        self.cache.put(key_hash, principal, generation)
+        return principal
+
+    @staticmethod
+    def default_principal() -> Principal:
+        """Who a request runs as when authentication is off and no bastion key is presented."""
+        return DEFAULT_PRINCIPAL
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
