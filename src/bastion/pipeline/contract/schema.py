@@ -42,6 +42,14 @@ class InvalidSchema(ValueError):
     """The schema itself is not a valid JSON Schema (the caller's mistake, not the model's)."""
 
 
+#: Keywords whose value is data, never a schema.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+#: Keywords whose value maps names to schemas: the names are the caller's (a field may well be
+#: called ``default`` or ``properties``), only the schemas under them are walked.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
+                          "dependentSchemas"})
+
+
 def strictify(schema: Any) -> Any:
     """The schema with ``additionalProperties: false`` on every object that does not say
     otherwise: what ``strict: true`` promises a client, enforced rather than assumed."""
@@ -49,8 +57,14 @@ def strictify(schema: Any) -> Any:
         return [strictify(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: strictify(value) if key not in ("enum", "const", "default", "examples") else value
-           for key, value in schema.items()}
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: strictify(sub) for name, sub in value.items()}
+        else:
+            out[key] = strictify(value)
     if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out
