@@ -9,12 +9,18 @@ from pathlib import Path
 
 import typer
 
-from bastion.config import ConfigError, LocalProviderConfig, load_config
+from bastion.cli_admin import keys_app, tenants_app
+from bastion.cli_usage import usage as usage_command
+from bastion.config import BastionConfig, ConfigError, LocalProviderConfig, load_config
 
 app = typer.Typer(help="bastion: the production boundary for LLM calls.",
                   no_args_is_help=True, add_completion=False)
 config_app = typer.Typer(help="Inspect and validate config files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _load_or_exit(path: Path | None):
@@ -64,10 +70,12 @@ def serve(
         shared_model = LocalModelProcess(cfg.providers[local[0]])  # type: ignore[arg-type]
         os.environ[URL_ENV] = asyncio.run(shared_model.start())
 
+    security = _security_notice(cfg, bind_host)
     aliases = ", ".join(cfg.models) or "(none)"
     typer.echo(f"bastion {_version()} on http://{bind_host}:{bind_port}/v1  "
                f"config {loaded.source} (hash {loaded.hash})  models: {aliases}  "
                f"workers: {workers}", err=True)
+    typer.echo(security, err=True)
     try:
         uvicorn.run("bastion.api.app:app_from_env", factory=True, host=bind_host,
                     port=bind_port, workers=workers, loop="uvloop", http="httptools",
@@ -76,6 +84,31 @@ def serve(
     finally:
         if shared_model is not None:
             asyncio.run(shared_model.stop())
+
+
+def _security_notice(cfg: BastionConfig, host: str) -> str:
+    """How this server is secured, said at start-up; refuse an open server off loopback."""
+    if cfg.auth.mode == "off":
+        if host not in _LOOPBACK:
+            typer.echo(f"refusing to serve without authentication on {host}: set "
+                       "auth.mode: required (keys: `bastion keys create`) or bind to "
+                       "127.0.0.1", err=True)
+            raise typer.Exit(1)
+        auth = ("auth: OFF - requests without a key run as tenant 'default'; reachable from "
+                "this machine only (loopback)")
+    else:
+        auth = "auth: API key required (Authorization: Bearer or x-api-key)"
+    admin = os.environ.get(cfg.auth.admin_key_env or "") if cfg.auth.admin_key_env else None
+    admin_note = (f"admin API: enabled ({cfg.auth.admin_key_env})" if admin else
+                  "admin API: disabled (set " + (cfg.auth.admin_key_env or "admin_key_env")
+                  + ")")
+    path = cfg.state.sqlite_path
+    state = (f"state: durable records in {path}" if path else
+             "state: in memory only (keys, ledger and idempotency records are lost on exit)")
+    return f"{auth}; {admin_note}; {state}"
+
+
+app.command("usage")(usage_command)
 
 
 def _version() -> str:
@@ -90,3 +123,4 @@ def main() -> None:  # pragma: no cover - console entry
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+

@@ -11,6 +11,7 @@ The HTTP server is a thin layer over exactly this object.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -21,15 +22,21 @@ from bastion.domain.chat import ChatRequest, EmbeddingsRequest
 from bastion.domain.context import Priority, RequestContext
 from bastion.domain.errors import InvalidRequest
 from bastion.domain.rules import RuleSpec
+from bastion.domain.tokens import estimate_prompt_tokens, estimate_text_tokens
 from bastion.pipeline.builder import ChatPipeline
 from bastion.pipeline.contract import OutputContract, RuleContext
 from bastion.providers.base import Provider
 from bastion.providers.registry import build_provider
+from bastion.services.admission import AdmissionService
+from bastion.services.cache import ResponseCache
 from bastion.services.chat import ChatResult, ChatService, ChatStreamResult
+from bastion.services.idempotency import IdempotencyGuard
+from bastion.services.identity import IdentityService
+from bastion.services.ledger import UsageLedger
 from bastion.services.prompts import PromptLibrary
 from bastion.services.tasks import TaskResult, TaskService, compile_tasks
+from bastion.state import build_stores
 from bastion.stores.base import KeyValueStore
-from bastion.stores.memory import MemoryStore
 
 
 def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRequest:
@@ -43,6 +50,7 @@ def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRe
 
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 
 def _load_prompts(loaded: LoadedConfig) -> PromptLibrary:
@@ -58,9 +66,11 @@ def _load_prompts(loaded: LoadedConfig) -> PromptLibrary:
 class Gateway:
     def __init__(self, loaded: LoadedConfig, *, store: KeyValueStore | None = None,
                  providers: dict[str, Provider] | None = None, seed: int | None = None) -> None:
+        """``store`` replaces the hot-state store (tests share one between gateways)."""
         self.loaded = loaded
         self.config = loaded.config
-        self.store: KeyValueStore = store if store is not None else MemoryStore()
+        self.stores = build_stores(self.config.state, hot=store)
+        self.store: KeyValueStore = self.stores.hot
         self.providers: dict[str, Provider] = providers if providers is not None else {
             name: build_provider(name, cfg) for name, cfg in self.config.providers.items()
         }
@@ -69,6 +79,12 @@ class Gateway:
         self.prompts = _load_prompts(loaded)
         self.task_service = TaskService(
             compile_tasks(self.config, self.prompts, loaded.source), self.chat_service)
+        self.identity = IdentityService(self.stores.identity)
+        self.ledger = UsageLedger(self.stores.ledger, self.config.ledger)
+        self.admission = AdmissionService(self.config, self.store, self.stores.durable,
+                                          self.ledger)
+        self.cache = ResponseCache(self.store, self.config.cache)
+        self.idempotency = IdempotencyGuard(self.stores.durable, self.config.idempotency)
         self._started = False
 
     @classmethod
@@ -90,13 +106,18 @@ class Gateway:
             for provider in started:
                 await provider.aclose()
             raise
+        await self.ledger.start()
         self._started = True
 
     async def aclose(self) -> None:
-        for provider in self.providers.values():
-            await provider.aclose()
-        await self.store.aclose()
-        self._started = False
+        """Stop the providers, write every pending ledger row, close the stores."""
+        try:
+            for provider in self.providers.values():
+                await provider.aclose()
+            await self.ledger.aclose()
+        finally:
+            await self.stores.aclose()
+            self._started = False
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -127,16 +148,57 @@ class Gateway:
         except ValidationError as exc:
             raise invalid_from_validation(exc) from None
 
+    async def _admitted(self, ctx: RequestContext, alias: str, prompt_tokens: int,
+                        max_output: int | None, run: Callable[[], Awaitable[R]]) -> R:
+        """Run ``run`` between admission and the bookkeeping that settles it."""
+        ticket = await self.admission.enter(ctx, alias, prompt_tokens, max_output)
+        try:
+            result = await run()
+        except BaseException as exc:
+            await self.admission.leave(ticket, ctx, exc)
+            raise
+        await self.admission.leave(ticket, ctx)
+        return result
+
     async def chat(self, request: ChatRequest | dict[str, Any],
-                   ctx: RequestContext | None = None) -> ChatResult:
-        """A complete chat completion through the pipeline, or a classified error."""
-        return await self.chat_service.complete(self.parse_chat(request),
-                                                ctx or self.context())
+                   ctx: RequestContext | None = None, *, cache_control: str = "") -> ChatResult:
+        """A complete chat completion through admission, the cache and the pipeline, or a
+        classified error. ``cache_control`` takes the HTTP header's directives."""
+        chat = self.parse_chat(request)
+        ctx = ctx or self.context()
+        value: list[Any] = [None]
+
+        async def produce() -> dict[str, Any]:
+            result = await self.chat_service.complete(chat, ctx)
+            value[0] = result.value
+            return result.response
+
+        async def run() -> dict[str, Any]:
+            return await self.cache.complete(chat, ctx, produce, cache_control)
+
+        response = await self._admitted(ctx, chat.model, estimate_prompt_tokens(chat),
+                                        chat.output_token_limit, run)
+        return ChatResult(response, ctx, value[0])
 
     async def chat_stream(self, request: ChatRequest | dict[str, Any],
                           ctx: RequestContext | None = None) -> ChatStreamResult:
-        """An opened stream (retries and fallbacks happen before this returns)."""
-        return await self.chat_service.stream(self.parse_chat(request), ctx or self.context())
+        """An opened stream (retries and fallbacks happen before this returns). Admission is
+        settled when the stream ends, fails or is closed."""
+        chat = self.parse_chat(request)
+        ctx = ctx or self.context()
+        ticket = await self.admission.enter(ctx, chat.model, estimate_prompt_tokens(chat),
+                                            chat.output_token_limit)
+        try:
+            opened = await self.chat_service.stream(chat, ctx)
+        except BaseException as exc:
+            await self.admission.leave(ticket, ctx, exc)
+            raise
+
+        async def settle(outcome: BaseException | None) -> None:
+            await self.admission.leave(ticket, ctx, outcome)
+
+        opened.on_finish.append(settle)
+        return opened
 
     async def structured(self, model: type[M], messages: list[dict[str, Any]], *,
                          alias: str, rules: list[RuleSpec] | tuple[RuleSpec, ...] = (),
@@ -155,14 +217,27 @@ class Gateway:
         })
         contract = OutputContract.for_request(request, rules=rules, model=model,
                                               rule_context=RuleContext(values=values or {}))
-        result = await self.chat_service.complete(request, ctx or self.context(),
-                                                  contract=contract)
+        ctx = ctx or self.context()
+
+        async def run() -> ChatResult:
+            return await self.chat_service.complete(request, ctx, contract=contract)
+
+        result = await self._admitted(ctx, alias, estimate_prompt_tokens(request),
+                                      request.output_token_limit, run)
         return result.value  # type: ignore[no-any-return]
 
     async def task(self, name: str, task_input: dict[str, Any],
                    ctx: RequestContext | None = None) -> TaskResult:
         """Run the named task: a validated output, or its deterministic fallback (flagged)."""
-        return await self.task_service.run(name, task_input, ctx or self.context(route="tasks"))
+        ctx = ctx or self.context(route="tasks")
+        task = self.task_service.get(name)
+
+        async def run() -> TaskResult:
+            return await self.task_service.run(name, task_input, ctx)
+
+        tokens = estimate_text_tokens(task_input) + estimate_text_tokens(
+            [m.source for m in task.template.messages])
+        return await self._admitted(ctx, task.config.model, tokens, task.config.max_tokens, run)
 
     async def embeddings(self, request: EmbeddingsRequest | dict[str, Any],
                          ctx: RequestContext | None = None) -> dict[str, Any]:
@@ -171,8 +246,13 @@ class Gateway:
                 request = EmbeddingsRequest.model_validate(request)
             except ValidationError as exc:
                 raise invalid_from_validation(exc) from None
-        return await self.chat_service.embeddings(
-            request, ctx or self.context(route="embeddings"))
+        embed = request
+        ctx = ctx or self.context(route="embeddings")
+
+        async def run() -> dict[str, Any]:
+            return await self.chat_service.embeddings(embed, ctx)
+
+        return await self._admitted(ctx, embed.model, estimate_text_tokens(embed.input), 0, run)
 
     # -- introspection
 
@@ -184,7 +264,7 @@ class Gateway:
 
     async def ready(self) -> dict[str, Any]:
         """Readiness without calling any model: config, store, providers, breakers."""
-        store_ok = await self.store.ping()
+        store_ok = await self.store.ping() and await self.stores.durable.ping()
         providers = {name: p.healthy() for name, p in self.providers.items()}
         breakers = await self.pipeline.breaker_states()
         return {

@@ -15,8 +15,9 @@ from starlette.responses import Response, StreamingResponse
 
 from bastion.api.disconnect import until_disconnect
 from bastion.api.errors import classify, error_response
+from bastion.api.idempotent import idempotent
 from bastion.api.openai_routes import json_response, outcome_headers
-from bastion.api.request import context_for, read_json, request_id_of
+from bastion.api.request import read_json, request_context, request_id_of
 from bastion.api.sse import SSE_HEADERS, named_event
 from bastion.domain.anthropic import (
     ChatChunksToMessageEvents,
@@ -25,6 +26,7 @@ from bastion.domain.anthropic import (
     chat_response_to_message,
     messages_request_to_chat,
 )
+from bastion.domain.chat import ChatRequest
 from bastion.domain.context import RequestContext
 from bastion.gateway import Gateway
 from bastion.services.chat import ChatStreamResult
@@ -38,24 +40,39 @@ async def create_message(request: Request) -> Response:
             "x-bastion-config": gateway.loaded.hash}
     ctx: RequestContext | None = None
     try:
+        ctx = await request_context(request, gateway, "chat", request_id)
         body = await read_json(request, server.max_body_bytes)
-        ctx = context_for(request, gateway, "chat", request_id)
         chat = gateway.parse_chat(messages_request_to_chat(body))
-        alias = chat.model
-        if chat.stream:
-            opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
-            headers = {**SSE_HEADERS, **outcome_headers(ctx, gateway.loaded.hash),
-                       "request-id": request_id}
-            return StreamingResponse(_anthropic_sse(opened, alias, request_id),
-                                     media_type="text/event-stream", headers=headers)
-        result = await until_disconnect(request, gateway.chat(chat, ctx))
-        return json_response(chat_response_to_message(result.response, alias),
-                             {**outcome_headers(ctx, gateway.loaded.hash),
-                              "request-id": request_id})
+        admitted = ctx
+
+        async def handle() -> Response:
+            try:
+                return await _complete(request, gateway, chat, admitted)
+            except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
+                headers = {**outcome_headers(admitted, gateway.loaded.hash),
+                           "request-id": request_id}
+                return error_response(exc, request_id, headers, shape="anthropic")
+
+        return await idempotent(request, gateway, ctx, "messages", handle)
     except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
         headers = outcome_headers(ctx, gateway.loaded.hash) if ctx else base
         return error_response(exc, request_id, {**headers, "request-id": request_id},
                               shape="anthropic")
+
+
+async def _complete(request: Request, gateway: Gateway, chat: ChatRequest,
+                    ctx: RequestContext) -> Response:
+    alias, request_id = chat.model, ctx.request_id
+    if chat.stream:
+        opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
+        headers = {**SSE_HEADERS, **outcome_headers(ctx, gateway.loaded.hash),
+                   "request-id": request_id}
+        return StreamingResponse(_anthropic_sse(opened, alias, request_id),
+                                 media_type="text/event-stream", headers=headers)
+    result = await until_disconnect(request, gateway.chat(
+        chat, ctx, cache_control=request.headers.get("cache-control", "")))
+    return json_response(chat_response_to_message(result.response, alias),
+                         {**outcome_headers(ctx, gateway.loaded.hash), "request-id": request_id})
 
 
 async def _anthropic_sse(opened: ChatStreamResult, model: str,

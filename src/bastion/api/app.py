@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bastion.api.admin_routes import admin_routes
 from bastion.api.anthropic_routes import create_message
 from bastion.api.errors import error_response
 from bastion.api.health import health, ready
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
 from bastion.api.request import request_id_of
 from bastion.api.task_routes import list_tasks, run_task
+from bastion.api.usage_routes import authenticated_usage
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
 
@@ -63,6 +65,8 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         Route("/v1/messages", create_message, methods=["POST"]),
         Route("/v1/tasks", list_tasks, methods=["GET"]),
         Route("/v1/tasks/{name}", run_task, methods=["POST"]),
+        Route("/v1/usage", authenticated_usage, methods=["GET"]),
+        *admin_routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

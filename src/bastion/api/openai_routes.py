@@ -11,8 +11,10 @@ from starlette.responses import Response, StreamingResponse
 
 from bastion.api.disconnect import until_disconnect
 from bastion.api.errors import classify, error_response
-from bastion.api.request import context_for, read_json, request_id_of
+from bastion.api.idempotent import idempotent
+from bastion.api.request import read_json, request_context, request_id_of
 from bastion.api.sse import DONE, SSE_HEADERS, data_event
+from bastion.domain.chat import ChatRequest
 from bastion.domain.context import RequestContext
 from bastion.domain.errors import ModelNotFound
 from bastion.gateway import Gateway
@@ -39,6 +41,8 @@ def outcome_headers(ctx: RequestContext, config_hash: str) -> dict[str, str]:
             for step in ctx.contract_steps)
     if ctx.prompt is not None:
         headers["x-bastion-prompt"] = ctx.prompt
+    if ctx.cache is not None:
+        headers["x-bastion-cache"] = ctx.cache
     headers.update(ctx.response_headers)
     return headers
 
@@ -55,20 +59,35 @@ async def chat_completions(request: Request) -> Response:
     base = {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash}
     ctx: RequestContext | None = None
     try:
+        ctx = await request_context(request, gateway, "chat", request_id)
         body = await read_json(request, server.max_body_bytes)
-        ctx = context_for(request, gateway, "chat", request_id)
         chat = gateway.parse_chat(body)
-        if chat.stream:
-            opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
-            return StreamingResponse(_openai_sse(opened, request_id),
-                                     media_type="text/event-stream",
-                                     headers={**SSE_HEADERS,
-                                              **outcome_headers(ctx, gateway.loaded.hash)})
-        result = await until_disconnect(request, gateway.chat(chat, ctx))
-        return json_response(result.response, outcome_headers(ctx, gateway.loaded.hash))
+        admitted = ctx
+
+        async def handle() -> Response:
+            try:
+                return await _complete(request, gateway, chat, admitted)
+            except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
+                return error_response(exc, request_id,
+                                      outcome_headers(admitted, gateway.loaded.hash))
+
+        return await idempotent(request, gateway, ctx, "chat.completions", handle)
     except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
         headers = outcome_headers(ctx, gateway.loaded.hash) if ctx else base
         return error_response(exc, request_id, headers)
+
+
+async def _complete(request: Request, gateway: Gateway, chat: ChatRequest,
+                    ctx: RequestContext) -> Response:
+    if chat.stream:
+        opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
+        return StreamingResponse(_openai_sse(opened, ctx.request_id),
+                                 media_type="text/event-stream",
+                                 headers={**SSE_HEADERS,
+                                          **outcome_headers(ctx, gateway.loaded.hash)})
+    result = await until_disconnect(request, gateway.chat(
+        chat, ctx, cache_control=request.headers.get("cache-control", "")))
+    return json_response(result.response, outcome_headers(ctx, gateway.loaded.hash))
 
 
 async def _openai_sse(opened: ChatStreamResult, request_id: str) -> AsyncIterator[bytes]:
@@ -90,8 +109,8 @@ async def embeddings(request: Request) -> Response:
     base = {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash}
     ctx: RequestContext | None = None
     try:
+        ctx = await request_context(request, gateway, "embeddings", request_id)
         body = await read_json(request, server.max_body_bytes)
-        ctx = context_for(request, gateway, "embeddings", request_id)
         result = await until_disconnect(request, gateway.embeddings(body, ctx))
         return json_response(result, outcome_headers(ctx, gateway.loaded.hash))
     except Exception as exc:  # noqa: BLE001

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from bastion.api.auth import principal_for
 from bastion.domain.context import Priority, RequestContext, new_request_id
 from bastion.domain.errors import InvalidRequest, PayloadTooLarge
 from bastion.gateway import Gateway
@@ -31,7 +32,10 @@ def request_id_of(request: Request, accept: bool) -> str:
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, refusing oversized bodies before reading them whole."""
+    """The body as a JSON object, refusing oversized bodies before reading them whole.
+
+    The raw bytes stay on ``request.state.raw_body`` for stages that hash the body as sent
+    (idempotency), since the stream can be read only once."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -48,6 +52,7 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
             raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    request.state.raw_body = raw
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object", param="body")
     try:
@@ -92,3 +97,14 @@ def context_for(request: Request, gateway: Gateway, route: str,
                                  param="x-bastion-simulate")
     return gateway.context(route=route, request_id=request_id, deadline_s=deadline_s,
                            priority=priority, simulate=simulate)
+
+
+async def request_context(request: Request, gateway: Gateway, route: str,
+                          request_id: str) -> RequestContext:
+    """Authenticate the caller, then build the request's context with its tenant and key."""
+    principal = await principal_for(request, gateway.identity, gateway.config.auth)
+    request.state.principal = principal
+    ctx = context_for(request, gateway, route, request_id)
+    ctx.tenant = principal.tenant_id
+    ctx.key_id = principal.key_id
+    return ctx

@@ -7,8 +7,9 @@ from starlette.responses import Response
 
 from bastion.api.disconnect import until_disconnect
 from bastion.api.errors import error_response
+from bastion.api.idempotent import idempotent
 from bastion.api.openai_routes import json_response, outcome_headers
-from bastion.api.request import context_for, read_json, request_id_of
+from bastion.api.request import read_json, request_context, request_id_of
 from bastion.domain.context import RequestContext
 from bastion.domain.errors import InvalidRequest
 from bastion.gateway import Gateway
@@ -21,6 +22,7 @@ async def run_task(request: Request) -> Response:
     base = {"x-request-id": request_id, "x-bastion-config": gateway.loaded.hash}
     ctx: RequestContext | None = None
     try:
+        ctx = await request_context(request, gateway, "tasks", request_id)
         body = await read_json(request, server.max_body_bytes)
         unknown = sorted(set(body) - {"input"})
         if unknown:
@@ -28,12 +30,20 @@ async def run_task(request: Request) -> Response:
                                  param=unknown[0])
         if "input" not in body:
             raise InvalidRequest("the body must be {\"input\": {...}}", param="input")
-        ctx = context_for(request, gateway, "tasks", request_id)
-        result = await until_disconnect(
-            request, gateway.task(request.path_params["name"], body["input"], ctx))
-        headers = outcome_headers(ctx, gateway.loaded.hash)
-        headers["x-bastion-task-fallback"] = "true" if result.fallback_used else "false"
-        return json_response(result.body(), headers)
+        admitted, name = ctx, request.path_params["name"]
+
+        async def handle() -> Response:
+            try:
+                result = await until_disconnect(request, gateway.task(name, body["input"],
+                                                                      admitted))
+            except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
+                return error_response(exc, request_id,
+                                      outcome_headers(admitted, gateway.loaded.hash))
+            headers = outcome_headers(admitted, gateway.loaded.hash)
+            headers["x-bastion-task-fallback"] = "true" if result.fallback_used else "false"
+            return json_response(result.body(), headers)
+
+        return await idempotent(request, gateway, ctx, f"tasks/{name}", handle)
     except Exception as exc:  # noqa: BLE001 - every failure leaves in the error shape
         headers = outcome_headers(ctx, gateway.loaded.hash) if ctx else base
         return error_response(exc, request_id, headers)

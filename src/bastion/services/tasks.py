@@ -125,8 +125,8 @@ def compile_tasks(config: BastionConfig, prompts: PromptLibrary,
         declared = (task.input_schema.get("properties") or {}).keys()
         missing = check_variables(template, declared)
         if missing:
-            problems.append((f"{where}.prompt", f"{template.ref} uses {', '.join(missing)}, "
-                             "which the input schema does not declare"))
+            problems.append((f"{where}.prompt", (f"{template.ref} uses {', '.join(missing)}, "
+                                                 "which the input schema does not declare")))
         for rule in unknown_custom_rules(task.rules):
             problems.append((f"{where}.rules", f"custom rule {rule!r} is not registered"))
         try:

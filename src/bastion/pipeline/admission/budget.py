@@ -26,12 +26,13 @@ _MONTH_TTL_S = 32 * 86_400.0
 
 
 def to_micros(usd: float) -> int:
-    return int(round(usd * 1_000_000))
+    return round(usd * 1_000_000)
 
 
 @dataclass(slots=True)
 class BudgetHold:
-    keys: list[str] = field(default_factory=list)
+    #: (store key, its period's TTL) for every budget this request reserved in.
+    keys: list[tuple[str, float]] = field(default_factory=list)
     reserved_micros: int = 0
 
 
@@ -81,7 +82,7 @@ class BudgetGuard:
                 raise BudgetExceeded(
                     f"the {what} budget of ${limit:.2f} has ${left:.6f} left, less than this "
                     f"request's worst case ${worst_case_usd:.6f}")
-            hold.keys.append(key)
+            hold.keys.append((key, ttl))
         return hold
 
     async def settle(self, hold: BudgetHold, actual_usd: float) -> None:
@@ -89,15 +90,15 @@ class BudgetGuard:
         estimate was low, a little higher: that is charged too, never lost)."""
         delta = to_micros(actual_usd) - hold.reserved_micros
         if delta:
-            for key in hold.keys:
+            for key, ttl in hold.keys:
                 if delta < 0:
                     await self.store.reserve(key, delta, 0)
                 else:
-                    await self.store.incr(key, delta)
+                    await self.store.incr(key, delta, ttl)
         hold.keys.clear()
 
     async def release(self, hold: BudgetHold) -> None:
-        for key in hold.keys:
+        for key, _ in hold.keys:
             await self.store.reserve(key, -hold.reserved_micros, 0)
         hold.keys.clear()
 

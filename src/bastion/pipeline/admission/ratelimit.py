@@ -31,7 +31,7 @@ def format_reset(seconds: float) -> str:
         return f"{max(0, math.ceil(seconds * 1000))}ms"
     if seconds < 60:
         return f"{seconds:.3g}s"
-    minutes, rest = divmod(int(math.ceil(seconds)), 60)
+    minutes, rest = divmod(math.ceil(seconds), 60)
     return f"{minutes}m{rest}s"
 
 

@@ -1,0 +1,118 @@
+"""Admission: the stages that decide whether a model call happens at all, and the bookkeeping
+after it: shedding, rate limits, budgets, then usage, cost and the ledger row.
+
+``enter`` runs before the call, cheapest refusal first: load shedding (no store call), rate
+limits (requests, tokens, concurrency), then the budget reservation of the worst-case cost.
+``leave`` runs exactly once when the request ends, whatever the outcome: it settles tokens and
+cost with the real usage, releases what was held, and records one ledger row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bastion.config import BastionConfig, Price
+from bastion.domain.context import RequestContext
+from bastion.domain.errors import BastionError
+from bastion.domain.usage import UsageRow
+from bastion.pipeline.admission.budget import BudgetGuard, BudgetHold
+from bastion.pipeline.admission.ratelimit import RateHold, RateLimiter
+from bastion.pipeline.admission.shedding import LoadShedder
+from bastion.services.ledger import UsageLedger
+from bastion.services.pricing import cost_usd, worst_case_cost_usd
+from bastion.stores.base import KeyValueStore
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What one admitted request holds until ``leave``."""
+
+    rate: RateHold
+    budget: BudgetHold
+    alias: str
+    left: bool = False
+
+
+class AdmissionService:
+    def __init__(self, config: BastionConfig, hot: KeyValueStore, durable: KeyValueStore,
+                 ledger: UsageLedger) -> None:
+        self.config = config
+        self.shedder = LoadShedder(config.admission)
+        self.limiter = RateLimiter(hot, config.limits)
+        # Budgets are money: their running totals live in the durable store.
+        self.budgets = BudgetGuard(durable, config.budgets)
+        self.ledger = ledger
+
+    def _worst_price(self, alias: str) -> Price | None:
+        spec = self.config.models.get(alias)
+        prices = [self.config.pricing[t.key] for t in (spec.targets if spec else [])
+                  if t.key in self.config.pricing]
+        if not prices:
+            return None
+        return max(prices, key=lambda p: (p.input_per_mtok, p.output_per_mtok))
+
+    async def enter(self, ctx: RequestContext, alias: str, prompt_tokens: int,
+                    max_output_tokens: int | None) -> Ticket:
+        """Admit the request or raise (``Overloaded``, ``TenantLimitExceeded``,
+        ``BudgetExceeded``); nothing is held when it raises."""
+        self.shedder.enter(ctx.priority)
+        output = (self.config.budgets.default_max_output_tokens if max_output_tokens is None
+                  else max_output_tokens)
+        try:
+            rate = await self.limiter.admit(ctx, prompt_tokens + output)
+            try:
+                worst = worst_case_cost_usd(prompt_tokens, output, self._worst_price(alias))
+                budget = await self.budgets.reserve(ctx, worst)
+            except BaseException:
+                await self.limiter.release(rate, refund_tokens=True)
+                raise
+        except BaseException:
+            self.shedder.leave()
+            raise
+        return Ticket(rate, budget, alias)
+
+    async def leave(self, ticket: Ticket, ctx: RequestContext,
+                    error: BaseException | None = None) -> None:
+        if ticket.left:
+            return
+        ticket.left = True
+        try:
+            usage = ctx.usage
+            price = self.config.pricing.get(ctx.target) if ctx.target else None
+            ctx.cost_usd = cost_usd(usage, price) if ctx.cache != "hit" else 0.0
+            tokens = _total_tokens(usage) if ctx.cache != "hit" else 0
+            await self.limiter.settle(ticket.rate, tokens)
+            await self.budgets.settle(ticket.budget, ctx.cost_usd)
+        finally:
+            self.shedder.leave()
+            self.ledger.record(usage_row(ctx, ticket.alias, error))
+
+
+def _total_tokens(usage: dict[str, Any] | None) -> int:
+    if not usage:
+        return 0
+    return int(usage.get("total_tokens") or (usage.get("prompt_tokens", 0) +
+                                             usage.get("completion_tokens", 0)))
+
+
+def outcome_of(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    if isinstance(error, BastionError):
+        return error.code
+    return "cancelled" if not isinstance(error, Exception) else "internal_error"
+
+
+def usage_row(ctx: RequestContext, alias: str, error: BaseException | None) -> UsageRow:
+    usage = ctx.usage or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return UsageRow(
+        request_id=ctx.request_id, ts=time.time(), tenant=ctx.tenant, key_id=ctx.key_id,
+        route=ctx.route, alias=alias, target=ctx.target,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        cost_usd=ctx.cost_usd, latency_ms=ctx.elapsed() * 1000.0, outcome=outcome_of(error),
+        prompt_version=ctx.prompt, cache=ctx.cache)
