@@ -135,7 +135,7 @@ budgets:
 def test_concurrent_requests_never_overspend_a_budget(make_live: Any) -> None:
     live = make_live(BUDGET, latency=0.05)
     body = {"model": "fast", "messages": MSG, "max_tokens": 10}
-    responses = asyncio.run(burst(live.base_url, 60, body))
+    responses = asyncio.run(burst(live.base_url, 200, body))
     statuses = Counter(r.status_code for r in responses)
     assert statuses[402] > 0 and statuses[200] > 0
     assert set(statuses) <= {200, 402}
@@ -166,6 +166,8 @@ def test_a_per_request_ceiling_refuses_before_any_call(make_live: Any) -> None:
 
 def test_deterministic_requests_are_cached_per_tenant(make_live: Any) -> None:
     live = make_live()
+    with httpx.Client(base_url=live.base_url, timeout=10) as http:
+        before = {r: cache_count(http.get("/metrics").text, r) for r in ("hit", "miss", "bypass")}
     body = {"model": "fast", "messages": MSG, "temperature": 0}
     with httpx.Client(base_url=live.base_url, timeout=10) as http:
         first = http.post("/v1/chat/completions", json=body)
@@ -178,15 +180,26 @@ def test_deterministic_requests_are_cached_per_tenant(make_live: Any) -> None:
         == ["miss", "hit", "miss", None, "bypass"]
     assert second.json() == first.json()
     assert live.provider("sim").calls == 4  # first, other, sampled, bypass
+    with httpx.Client(base_url=live.base_url, timeout=10) as http:
+        scraped = http.get("/metrics").text
+    assert cache_count(scraped, "hit") - before["hit"] == 1
+    assert cache_count(scraped, "miss") - before["miss"] == 2
+    assert cache_count(scraped, "bypass") - before["bypass"] == 1
+
+
+def cache_count(scraped: str, result: str) -> float:
+    prefix = f'bastion_cache_results_total{{result="{result}",route="chat"}} '
+    line = next((line for line in scraped.splitlines() if line.startswith(prefix)), None)
+    return float(line.removeprefix(prefix)) if line else 0.0
 
 
 def test_a_stampede_makes_one_upstream_call(make_live: Any) -> None:
     live = make_live(latency=0.3)
     body = {"model": "fast", "messages": MSG, "temperature": 0}
-    responses = asyncio.run(burst(live.base_url, 50, body))
+    responses = asyncio.run(burst(live.base_url, 200, body))
     assert {r.status_code for r in responses} == {200}
     assert live.provider("sim").calls == 1
-    assert Counter(r.headers["x-bastion-cache"] for r in responses) == {"miss": 1, "hit": 49}
+    assert Counter(r.headers["x-bastion-cache"] for r in responses) == {"miss": 1, "hit": 199}
     assert len({r.json()["id"] for r in responses}) == 1
 
 
@@ -229,11 +242,11 @@ def test_a_repeated_key_replays_the_stored_answer(make_live: Any) -> None:
 
 def test_concurrent_duplicates_make_exactly_one_upstream_call(make_live: Any) -> None:
     live = make_live(latency=0.3)
-    responses = asyncio.run(burst(live.base_url, 30, headers={"idempotency-key": "dup-1"}))
+    responses = asyncio.run(burst(live.base_url, 200, headers={"idempotency-key": "dup-1"}))
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["id"] for r in responses}) == 1
     assert live.provider("sim").calls == 1
-    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 29
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 199
 
 
 def test_a_transient_failure_releases_the_key(make_live: Any) -> None:

@@ -21,6 +21,7 @@ from bastion.api.admin_routes import admin_routes
 from bastion.api.anthropic_routes import create_message
 from bastion.api.errors import error_response
 from bastion.api.health import health, ready
+from bastion.api.metrics_routes import metrics
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
 from bastion.api.request import request_id_of
 from bastion.api.task_routes import list_tasks, run_task
@@ -69,6 +70,7 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         *admin_routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})

@@ -20,3 +20,15 @@ CONTRACT_REFUSALS = Counter(
     "bastion_output_contract_refusals",
     "Requests answered with output_contract_failed after every target and repair.",
 )
+CACHE_RESULTS = Counter(
+    "bastion_cache_results",
+    "Response-cache outcomes by route: hit, miss, stale (served when every target failed) and "
+    "bypass (Cache-Control: no-cache). Non-deterministic requests are not counted.",
+    ["route", "result"],
+)
+ADMISSION_REFUSALS = Counter(
+    "bastion_admission_refusals",
+    "Requests refused before any model call, by route and reason: overloaded (shed), "
+    "rate_limit_exceeded, budget_exceeded.",
+    ["route", "reason"],
+)

@@ -17,6 +17,7 @@ from bastion.config import BastionConfig, Price
 from bastion.domain.context import RequestContext
 from bastion.domain.errors import BastionError
 from bastion.domain.usage import UsageRow
+from bastion.observability.metrics import ADMISSION_REFUSALS, CACHE_RESULTS
 from bastion.pipeline.admission.budget import BudgetGuard, BudgetHold
 from bastion.pipeline.admission.ratelimit import RateHold, RateLimiter
 from bastion.pipeline.admission.shedding import LoadShedder
@@ -57,7 +58,11 @@ class AdmissionService:
                     max_output_tokens: int | None) -> Ticket:
         """Admit the request or raise (``Overloaded``, ``TenantLimitExceeded``,
         ``BudgetExceeded``); nothing is held when it raises."""
-        self.shedder.enter(ctx.priority)
+        try:
+            self.shedder.enter(ctx.priority)
+        except BastionError as exc:
+            ADMISSION_REFUSALS.labels(ctx.route, exc.code).inc()
+            raise
         output = (self.config.budgets.default_max_output_tokens if max_output_tokens is None
                   else max_output_tokens)
         try:
@@ -68,8 +73,10 @@ class AdmissionService:
             except BaseException:
                 await self.limiter.release(rate, refund_tokens=True)
                 raise
-        except BaseException:
+        except BaseException as exc:
             self.shedder.leave()
+            if isinstance(exc, BastionError):
+                ADMISSION_REFUSALS.labels(ctx.route, exc.code).inc()
             raise
         return Ticket(rate, budget, alias)
 
@@ -78,6 +85,8 @@ class AdmissionService:
         if ticket.left:
             return
         ticket.left = True
+        if ctx.cache is not None:
+            CACHE_RESULTS.labels(ctx.route, ctx.cache).inc()
         try:
             usage = ctx.usage
             price = self.config.pricing.get(ctx.target) if ctx.target else None
