@@ -12,6 +12,7 @@ import typer
 from bastion.cli_admin import keys_app, tenants_app
 from bastion.cli_usage import usage as usage_command
 from bastion.config import BastionConfig, ConfigError, LocalProviderConfig, load_config
+from bastion.state import WORKERS_ENV, hot_in_sqlite
 
 app = typer.Typer(help="bastion: the production boundary for LLM calls.",
                   no_args_is_help=True, add_completion=False)
@@ -70,7 +71,8 @@ def serve(
         shared_model = LocalModelProcess(cfg.providers[local[0]])  # type: ignore[arg-type]
         os.environ[URL_ENV] = asyncio.run(shared_model.start())
 
-    security = _security_notice(cfg, bind_host)
+    os.environ[WORKERS_ENV] = str(workers)
+    security = _security_notice(cfg, bind_host, workers)
     aliases = ", ".join(cfg.models) or "(none)"
     typer.echo(f"bastion {_version()} on http://{bind_host}:{bind_port}/v1  "
                f"config {loaded.source} (hash {loaded.hash})  models: {aliases}  "
@@ -86,7 +88,7 @@ def serve(
             asyncio.run(shared_model.stop())
 
 
-def _security_notice(cfg: BastionConfig, host: str) -> str:
+def _security_notice(cfg: BastionConfig, host: str, workers: int = 1) -> str:
     """How this server is secured, said at start-up; refuse an open server off loopback."""
     if cfg.auth.mode == "off":
         if host not in _LOOPBACK:
@@ -103,8 +105,16 @@ def _security_notice(cfg: BastionConfig, host: str) -> str:
                   "admin API: disabled (set " + (cfg.auth.admin_key_env or "admin_key_env")
                   + ")")
     path = cfg.state.sqlite_path
-    state = (f"state: durable records in {path}" if path else
-             "state: in memory only (keys, ledger and idempotency records are lost on exit)")
+    if path is None:
+        state = "state: in memory only (keys, ledger and idempotency records are lost on exit)"
+        if workers > 1:
+            state += ("; WARNING: each worker keeps its own rate limits, budgets and cache - "
+                      "set state.sqlite_path to share them")
+    else:
+        hot = "shared in it" if hot_in_sqlite(cfg.state, workers) else "in each worker's memory"
+        state = f"state: durable records in {path}, hot state {hot}"
+        if workers > 1 and not hot_in_sqlite(cfg.state, workers):
+            state += " (WARNING: rate limits apply per worker with state.hot: memory)"
     return f"{auth}; {admin_note}; {state}"
 
 

@@ -9,6 +9,7 @@ said at start-up.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,23 @@ from bastion.stores.identity import IdentityStore, MemoryIdentityStore, SqliteId
 from bastion.stores.ledger import LedgerStore, MemoryLedgerStore, SqliteLedgerStore
 from bastion.stores.memory import MemoryStore
 from bastion.stores.sqlite import SqliteStore
+
+#: Set by ``bastion serve`` for its worker processes: how many serve the same port.
+WORKERS_ENV = "BASTION_WORKERS"
+
+
+def served_workers() -> int:
+    try:
+        return max(1, int(os.environ.get(WORKERS_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+def hot_in_sqlite(config: StateConfig, workers: int) -> bool:
+    """Whether hot state goes to the SQLite file: asked for, or ``auto`` with several workers."""
+    if config.sqlite_path is None:
+        return False
+    return config.hot == "sqlite" or (config.hot == "auto" and workers > 1)
 
 
 @dataclass(slots=True)
@@ -43,7 +61,10 @@ class Stores:
         return f"state: durable records in {self.path}; hot state in {hot}"
 
 
-def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None) -> Stores:
+def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None,
+                 workers: int | None = None) -> Stores:
+    """The stores for ``config``; ``workers`` (default: from ``BASTION_WORKERS``) decides
+    where ``hot: auto`` puts hot state."""
     path = config.sqlite_path
     if path is None:
         durable: KeyValueStore = MemoryStore()
@@ -53,6 +74,7 @@ def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None) -> St
     resolved = str(Path(path).expanduser())
     durable = SqliteStore(resolved)
     if hot is None:
-        hot = durable if config.hot == "sqlite" else MemoryStore()
+        shared = hot_in_sqlite(config, served_workers() if workers is None else workers)
+        hot = durable if shared else MemoryStore()
     return Stores(hot, durable, SqliteIdentityStore(resolved), SqliteLedgerStore(resolved),
                   resolved)

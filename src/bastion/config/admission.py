@@ -15,9 +15,11 @@ from bastion.config.base import Strict
 
 
 class StateConfig(Strict):
-    #: Where hot state lives (breakers, rate limits, budgets' running totals, cache).
-    #: ``sqlite`` shares it between the workers of one machine.
-    hot: Literal["memory", "sqlite"] = "memory"
+    #: Where hot state lives (breakers, rate limits, concurrency leases, the response cache).
+    #: ``sqlite`` shares it between the workers of one machine, so limits stay exact under
+    #: ``serve --workers N``; ``memory`` is the fastest; ``auto`` is memory for one worker and
+    #: the SQLite file when several workers serve (and ``sqlite_path`` is set).
+    hot: Literal["auto", "memory", "sqlite"] = "auto"
     #: The SQLite file for durable records (tenants, keys, usage ledger, idempotency) and,
     #: with ``hot: sqlite``, hot state too. Relative paths are relative to the working
     #: directory. None keeps everything in memory (lost on restart; tests and experiments).

@@ -7,7 +7,11 @@ does not change the answer (``stream``, ``stream_options``, ``user``); so two te
 share an entry, and any change of messages or parameters is a miss.
 
 N concurrent identical requests make one upstream call: the first becomes the leader, the rest
-wait for its result in this process (single flight). An entry is fresh for the route's TTL and
+wait for its result in this process (single flight). When the store is shared between
+processes (``serve --workers N`` on SQLite, replicas on Redis) the leader also takes a flight
+marker in the store, and a request in another process that finds it polls for the entry
+instead of calling the model; a leader that dies leaves a marker that expires with its
+deadline. An entry is fresh for the route's TTL and
 kept ``stale_if_error_s`` longer; a stale entry is never served while the model answers, only
 as the last tier when every target failed, and the response says so (``x-bastion-cache:
 stale``). ``Cache-Control: no-cache`` skips the lookup (the answer still refreshes the entry);
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +36,10 @@ from bastion.domain.errors import DependencyError
 from bastion.stores.base import KeyValueStore
 
 _IGNORED = frozenset({"stream", "stream_options", "user"})
+#: How often a request waiting on another process's flight looks for its entry.
+_FLIGHT_POLL_S = 0.02
+#: A flight marker outlives no leader by more than this (when the request has no deadline).
+_FLIGHT_MAX_S = 300.0
 
 Producer = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -68,6 +77,7 @@ class ResponseCache:
             return await produce()
         key = cache_key(ctx.tenant, request)
         ttl = self.ttl(ctx.route)
+        flight: str | None = None
         if "no-cache" in directives:
             ctx.cache = "bypass"
         else:
@@ -81,6 +91,11 @@ class ResponseCache:
                 followed = await self._follow(leader, key, ctx)
                 if followed is not None:
                     return followed
+            elif self.store.shared:
+                outcome = await self._shared_flight(key, ttl, ctx)
+                if isinstance(outcome, dict):
+                    return outcome
+                flight = outcome
             ctx.cache = "miss"
             self.misses += 1
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -88,6 +103,8 @@ class ResponseCache:
         try:
             response = await produce()
         except BaseException as exc:
+            if flight is not None:
+                await self.store.delete(flight)  # failed: another process may try now
             if isinstance(exc, Exception):
                 future.set_exception(exc)
                 future.exception()  # followers handle it; do not warn that nobody retrieved it
@@ -106,7 +123,36 @@ class ResponseCache:
         if encoded_size <= self.config.max_entry_bytes:
             await self.store.set(key, {"at": self.clock(), "response": response},
                                  ttl + self.config.stale_if_error_s)
+        if flight is not None:
+            await self.store.delete(flight)
         return response
+
+    async def _shared_flight(self, key: str, ttl: float,
+                             ctx: RequestContext) -> dict[str, Any] | str | None:
+        """Single flight across processes: the flight marker's key when this request is to
+        call the model, or the response another process produced meanwhile. None when the
+        deadline is too near to wait: then this request calls the model uncoordinated."""
+        flight = f"flight:{key}"
+        while ctx.remaining() > _FLIGHT_POLL_S:
+            lifetime = min(_FLIGHT_MAX_S, max(1.0, ctx.remaining()))
+            if await self.store.set_if_absent(flight, uuid.uuid4().hex, lifetime):
+                return flight
+            # Another process is calling the model: wait for its entry or for it to give up.
+            while await self.store.get(flight) is not None:
+                if ctx.remaining() <= _FLIGHT_POLL_S:
+                    return None
+                await asyncio.sleep(_FLIGHT_POLL_S)
+                entry = await self.store.get(key)
+                if entry is not None and self.clock() - entry["at"] < ttl:
+                    self.hits += 1
+                    ctx.cache = "hit"
+                    return entry["response"]  # type: ignore[no-any-return]
+            entry = await self.store.get(key)
+            if entry is not None and self.clock() - entry["at"] < ttl:
+                self.hits += 1
+                ctx.cache = "hit"
+                return entry["response"]  # type: ignore[no-any-return]
+        return None
 
     async def _follow(self, leader: asyncio.Future[dict[str, Any]], key: str,
                       ctx: RequestContext) -> dict[str, Any] | None:

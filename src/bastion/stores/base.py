@@ -32,6 +32,11 @@ class WindowHit:
 
 
 class KeyValueStore(Protocol):
+    #: True when other processes see the same state (SQLite, Redis): then stages that
+    #: coordinate concurrent requests (the cache's single flight) coordinate through the store
+    #: too, not only inside this process.
+    shared: bool
+
     async def get(self, key: str) -> Any | None:
         ...
 

@@ -65,6 +65,8 @@ def window_decide(now: float, window_s: float, start: float, prev: int, curr: in
 
 
 class MemoryStore:
+    shared = False
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         # Monotonic by default: one process, and no jumps when the wall clock is set.
         self._clock = clock

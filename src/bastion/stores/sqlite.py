@@ -124,6 +124,8 @@ def _record(db: sqlite3.Connection, key: str, start: float, window_s: float, pre
 
 
 class SqliteStore:
+    shared = True
+
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
