@@ -1,17 +1,19 @@
 -- wrk script: POST a small chat completion body as JSON.
 --   wrk ... -s bench/post.lua URL                 plain request
 --   wrk ... -s bench/post.lua URL -- stream       the same body with "stream": true
+-- temperature 0.7: a sampled request, so the response cache (deterministic requests only) does
+-- not answer it and every request reaches the upstream, as most chat traffic does.
 -- At the end it prints one line "BENCH_JSON {...}" that bench/run.py parses (exact percentiles
 -- in microseconds instead of wrk's rounded text).
 
 local plain = '{"model":"bench-model","messages":[' ..
   '{"role":"system","content":"You are a concise assistant."},' ..
   '{"role":"user","content":"Say hello to the benchmark in one short sentence."}],' ..
-  '"max_tokens":32,"temperature":0}'
+  '"max_tokens":32,"temperature":0.7}'
 local streamed = '{"model":"bench-model","messages":[' ..
   '{"role":"system","content":"You are a concise assistant."},' ..
   '{"role":"user","content":"Say hello to the benchmark in one short sentence."}],' ..
-  '"max_tokens":32,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}'
+  '"max_tokens":32,"temperature":0.7,"stream":true,"stream_options":{"include_usage":true}}'
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

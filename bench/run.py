@@ -70,6 +70,8 @@ models:
   bench-model:
     targets:
       - {{provider: mock, model: mock-model, timeout_s: 10, retries: 2}}
+# As the embedded default: durable records (usage ledger, idempotency) in a SQLite file.
+state: {{sqlite_path: "{db}"}}
 """
 
 # The same bodies as bench/post.lua, for the correctness check before each load run.
@@ -77,7 +79,7 @@ SANITY_BODY = {
     "model": "bench-model",
     "messages": [{"role": "system", "content": "You are a concise assistant."},
                  {"role": "user", "content": "Say hello to the benchmark in one short sentence."}],
-    "max_tokens": 32, "temperature": 0,
+    "max_tokens": 32, "temperature": 0.7,
 }
 
 
@@ -498,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if "bastion" in args.targets:
         port = free_port()
         cfg = tmp / "bastion.yaml"
-        cfg.write_text(BASTION_CONFIG.format(mock_port=mock_port))
+        cfg.write_text(BASTION_CONFIG.format(mock_port=mock_port, db=tmp / "bastion.db"))
         servers["bastion"] = Server(
             "bastion", [args.bastion, "serve", "--config", str(cfg), "--host", "127.0.0.1",
                         "--port", str(port), "--workers", str(args.workers)],
@@ -577,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             .splitlines()[0:1]},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "servers": {name: s.cmd for name, s in servers.items()},
-        "bastion_config": BASTION_CONFIG.format(mock_port=mock_port)
+        "bastion_config": BASTION_CONFIG.format(mock_port=mock_port, db="bastion.db")
         if "bastion" in servers else None,
         "results": [asdict(r) for r in results],
         "all_rounds": [asdict(r) for r in all_rounds],

@@ -13,6 +13,7 @@ from bastion.config.admission import (
     RateLimit,
     StateConfig,
 )
+from bastion.config.answer import AnswerConfig
 from bastion.config.loader import (
     ConfigError,
     LoadedConfig,
@@ -30,12 +31,19 @@ from bastion.config.providers import (
     ProviderConfig,
     SimulatedProviderConfig,
 )
+from bastion.config.retrieval import (
+    ChunkingConfig,
+    EmbedderConfig,
+    RetrievalConfig,
+    SearchConfig,
+)
 from bastion.config.root import SUPPORTED_VERSIONS, BastionConfig, RouteConfig, ServerConfig
 from bastion.config.tasks import TaskConfig
 
 __all__ = [
     "SUPPORTED_VERSIONS",
     "AdmissionConfig",
+    "AnswerConfig",
     "AnthropicProviderConfig",
     "AuthConfig",
     "BastionConfig",
@@ -44,7 +52,9 @@ __all__ = [
     "BudgetsConfig",
     "BulkheadPolicy",
     "CacheConfig",
+    "ChunkingConfig",
     "ConfigError",
+    "EmbedderConfig",
     "IdempotencyConfig",
     "LatencySpec",
     "LedgerConfig",
@@ -56,7 +66,9 @@ __all__ = [
     "Price",
     "ProviderConfig",
     "RateLimit",
+    "RetrievalConfig",
     "RouteConfig",
+    "SearchConfig",
     "ServerConfig",
     "SimulatedProviderConfig",
     "StateConfig",

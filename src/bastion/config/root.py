@@ -15,9 +15,11 @@ from bastion.config.admission import (
     Price,
     StateConfig,
 )
+from bastion.config.answer import AnswerConfig
 from bastion.config.base import Strict
 from bastion.config.models import ModelAlias
 from bastion.config.providers import ProviderConfig
+from bastion.config.retrieval import RetrievalConfig
 from bastion.config.tasks import TaskConfig
 
 SUPPORTED_VERSIONS = (1,)
@@ -57,6 +59,8 @@ class BastionConfig(Strict):
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> BastionConfig:
