@@ -10,6 +10,8 @@ from pathlib import Path
 import typer
 
 from bastion.cli_admin import keys_app, tenants_app
+from bastion.cli_eval import eval_app
+from bastion.cli_ingest import ingest as ingest_command
 from bastion.cli_usage import usage as usage_command
 from bastion.config import BastionConfig, ConfigError, LocalProviderConfig, load_config
 from bastion.state import WORKERS_ENV, hot_in_sqlite
@@ -20,6 +22,7 @@ config_app = typer.Typer(help="Inspect and validate config files.", no_args_is_h
 app.add_typer(config_app, name="config")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -119,6 +122,7 @@ def _security_notice(cfg: BastionConfig, host: str, workers: int = 1) -> str:
 
 
 app.command("usage")(usage_command)
+app.command("ingest")(ingest_command)
 
 
 def _version() -> str:

@@ -17,23 +17,30 @@ from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from bastion.config import LoadedConfig, load_config
+from bastion.config import ConfigError, LoadedConfig, load_config
+from bastion.domain.answer import AnswerBody, AnswerQuery, AnswerResult
 from bastion.domain.chat import ChatRequest, EmbeddingsRequest
 from bastion.domain.context import Priority, RequestContext
-from bastion.domain.errors import InvalidRequest
+from bastion.domain.errors import InvalidRequest, NotFound
+from bastion.domain.retrieval import AccessScope
 from bastion.domain.rules import RuleSpec
 from bastion.domain.tokens import estimate_prompt_tokens, estimate_text_tokens
 from bastion.pipeline.builder import ChatPipeline
 from bastion.pipeline.contract import OutputContract, RuleContext
 from bastion.providers.base import Provider
 from bastion.providers.registry import build_provider
+from bastion.retrieval.embedder import MiniLMEmbedder
+from bastion.retrieval.index import DocumentIndex
+from bastion.retrieval.search import Retriever
 from bastion.services.admission import AdmissionService
+from bastion.services.answer import ANSWER_PROMPT_VARIABLES, AnswerService
 from bastion.services.cache import ResponseCache
 from bastion.services.chat import ChatResult, ChatService, ChatStreamResult
 from bastion.services.idempotency import IdempotencyGuard
 from bastion.services.identity import IdentityService
+from bastion.services.ingest import IngestService
 from bastion.services.ledger import UsageLedger
-from bastion.services.prompts import PromptLibrary
+from bastion.services.prompts import PromptLibrary, PromptTemplate, check_variables
 from bastion.services.tasks import TaskResult, TaskService, compile_tasks
 from bastion.state import build_stores
 from bastion.stores.base import KeyValueStore
@@ -47,6 +54,32 @@ def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRe
         param = f"{prefix}.{param}"
     msg = err["msg"].removeprefix("Value error, ")
     return InvalidRequest(f"{param}: {msg}" if param else msg, param=param)
+
+
+_DEFAULT_PROMPTS = Path(__file__).parent / "defaults" / "prompts"
+
+
+def _index_path(retrieval_path: str | None, state_path: str | None) -> str | None:
+    """The document index's SQLite file: its own, else the state file, else memory."""
+    path = retrieval_path or state_path
+    return None if path is None else str(Path(path).expanduser())
+
+
+def _answer_template(prompts: PromptLibrary, ref: str, source: str) -> PromptTemplate:
+    """The answer prompt from the config's prompts, else from the packaged defaults; its
+    variables are checked at start-up like a task's."""
+    for library in (prompts, PromptLibrary.load(_DEFAULT_PROMPTS)):
+        if ref in library:
+            template = library.get(ref)
+            unknown = check_variables(template, ANSWER_PROMPT_VARIABLES)
+            if unknown:
+                allowed = ", ".join(sorted(ANSWER_PROMPT_VARIABLES))
+                reason = (f"{template.ref} uses {', '.join(unknown)}; an answer prompt may use "
+                          f"only {allowed}")
+                raise ConfigError(source, [("answer.prompt", reason)])
+            return template
+    reason = f"no prompt template {ref!r} in prompts_dir or the packaged defaults"
+    raise ConfigError(source, [("answer.prompt", reason)])
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -85,6 +118,20 @@ class Gateway:
                                           self.ledger)
         self.cache = ResponseCache(self.store, self.config.cache)
         self.idempotency = IdempotencyGuard(self.stores.durable, self.config.idempotency)
+        # -- retrieval: documents (ingest) and the index search reads. The index opens at
+        # start(); the embedding model loads on first use, so a gateway that never ingests
+        # or searches pays nothing for it.
+        self.embedder = MiniLMEmbedder(self.config.retrieval.embedder)
+        self.index = DocumentIndex(_index_path(self.config.retrieval.sqlite_path,
+                                               self.stores.path),
+                                   embedding_model=self.embedder.name, dim=self.embedder.dim)
+        self.ingest = IngestService(self.index, self.embedder, self.config.retrieval)
+        self.retriever = Retriever(self.index, self.embedder, self.config.retrieval.search)
+        self.answer_service = AnswerService(
+            self.config.answer, self.retriever, self.chat_service,
+            _answer_template(self.prompts, self.config.answer.prompt, loaded.source),
+            self.embedder.count_tokens)
+        # -- end retrieval
         self._started = False
 
     @classmethod
@@ -107,6 +154,8 @@ class Gateway:
                 await provider.aclose()
             raise
         await self.ledger.start()
+        if self.config.retrieval.enabled:
+            await self.index.start()
         self._started = True
 
     async def aclose(self) -> None:
@@ -115,6 +164,8 @@ class Gateway:
             for provider in self.providers.values():
                 await provider.aclose()
             await self.ledger.aclose()
+            await self.index.aclose()
+            self.embedder.close()
         finally:
             await self.stores.aclose()
             self._started = False
@@ -159,6 +210,30 @@ class Gateway:
             raise
         await self.admission.leave(ticket, ctx)
         return result
+
+    async def answer(self, query: AnswerQuery | dict[str, Any],
+                     ctx: RequestContext | None = None) -> AnswerResult:
+        """A question answered from the tenant's documents (``POST /v1/answer``): a typed
+        outcome with checked citations; see ``services.answer``. The tenant comes from
+        ``ctx``; ``query`` names the collections and the end user's principals."""
+        if isinstance(query, dict):
+            try:
+                query = AnswerBody.model_validate(query).query()
+            except ValidationError as exc:
+                raise invalid_from_validation(exc) from None
+        if not self.config.retrieval.enabled:
+            raise NotFound("retrieval is disabled in this gateway's config (retrieval.enabled)")
+        ctx = ctx or self.context(route="answer")
+        scope = AccessScope(ctx.tenant, query.collections, query.principals)
+        settings = self.config.answer
+        prompt_tokens = estimate_text_tokens(query.question) + settings.max_context_tokens
+        answered = query
+
+        async def run() -> AnswerResult:
+            return await self.answer_service.answer(answered, scope, ctx)
+
+        return await self._admitted(ctx, settings.model or "extractive", prompt_tokens,
+                                    settings.max_tokens if settings.model else 0, run)
 
     async def chat(self, request: ChatRequest | dict[str, Any],
                    ctx: RequestContext | None = None, *, cache_control: str = "") -> ChatResult:

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bastion.api.admin_routes import admin_routes
+from bastion.api.answer_routes import answer
 from bastion.api.anthropic_routes import create_message
+from bastion.api.document_routes import document_routes
 from bastion.api.errors import error_response
+from bastion.api.gc_tuning import tune_gc_for_serving
 from bastion.api.health import health, ready
 from bastion.api.metrics_routes import metrics
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
@@ -31,16 +35,49 @@ from bastion.gateway import Gateway
 
 CONFIG_ENV = "BASTION_CONFIG"
 
+Endpoint = Callable[[Request], Awaitable[Response]]
 
-def create_app(gateway: Gateway | None = None, *, config_path: str | None = None) -> Starlette:
+
+class GatewayApp(Starlette):
+    """Starlette, with the model-call endpoints dispatched before its middleware and router.
+
+    Through Starlette's stack a request passes two middlewares and the route table, and each
+    ``send`` two wrapping closures: 6.5 µs per plain request and 0.55 µs per streamed event
+    more than calling the endpoint directly (measured in-process with a trivial endpoint),
+    2-3% of bastion's CPU per chat completion. Those layers turn exceptions into responses, and
+    the model-call endpoints already answer every failure in their API's error shape, so for
+    an exact method and path they add nothing. Everything else, and these paths too when the
+    app is mounted under a root path, goes through Starlette as usual."""
+
+    def __init__(self, *, direct: Mapping[tuple[str, str], Endpoint], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._direct = dict(direct)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            endpoint = self._direct.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                scope["app"] = self
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(gateway: Gateway | None = None, *, config_path: str | None = None,
+               tune_gc: bool = False) -> Starlette:
     """Build the app around ``gateway`` or, when None, one loaded from ``config_path`` (or the
-    ``BASTION_CONFIG`` environment variable, or the embedded default)."""
+    ``BASTION_CONFIG`` environment variable, or the embedded default). ``tune_gc`` applies the
+    server's garbage-collector settings once started (``api.gc_tuning``): for a process that
+    only serves this app, as ``bastion serve`` workers do."""
     if gateway is None:
         gateway = Gateway.from_config(config_path or os.environ.get(CONFIG_ENV) or None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        if tune_gc:
+            tune_gc_for_serving()
         try:
             yield
         finally:
@@ -67,17 +104,25 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         Route("/v1/tasks", list_tasks, methods=["GET"]),
         Route("/v1/tasks/{name}", run_task, methods=["POST"]),
         Route("/v1/usage", authenticated_usage, methods=["GET"]),
+        Route("/v1/answer", answer, methods=["POST"]),
+        *document_routes(),
         *admin_routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: not_found})
+    # Each of these answers every failure itself (see ``GatewayApp``).
+    direct: dict[tuple[str, str], Endpoint] = {
+        ("POST", "/v1/chat/completions"): chat_completions,
+        ("POST", "/v1/messages"): create_message,
+        ("POST", "/v1/embeddings"): embeddings,
+    }
+    app = GatewayApp(direct=direct, routes=routes, lifespan=lifespan,
+                     exception_handlers={404: not_found, 405: not_found})
     app.state.gateway = gateway
     return app
 
 
 def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and multi-worker serving: config from the environment."""
-    return create_app()
+    return create_app(tune_gc=True)

@@ -32,6 +32,10 @@ class RouteConfig(Strict):
     max_deadline_s: float = Field(default=300.0, gt=0, le=86_400)
 
 
+#: What a route without an entry in ``routes`` gets (asked for on every request: built once).
+_DEFAULT_ROUTE = RouteConfig()
+
+
 class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -83,7 +87,12 @@ class BastionConfig(Strict):
             if alias is None or alias.kind != "chat":
                 raise ValueError(f"tasks.{name}.model: {task.model!r} is not a chat model alias "
                                  f"(known: {', '.join(sorted(self.models))})")
+        model = self.answer.model
+        if model is not None and (model not in self.models or self.models[model].kind != "chat"):
+            raise ValueError(f"answer.model: {model!r} is not a chat model alias (known: "
+                             f"{', '.join(sorted(self.models))}); leave it out for the "
+                             "extractive answerer")
         return self
 
     def route(self, name: str) -> RouteConfig:
-        return self.routes.get(name) or RouteConfig()
+        return self.routes.get(name) or _DEFAULT_ROUTE

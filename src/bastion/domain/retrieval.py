@@ -47,6 +47,9 @@ class ExtractedDocument:
 
     title: str | None
     blocks: tuple[Block, ...]
+    #: The format the text was extracted from (``text/plain``, ``text/markdown``,
+    #: ``text/html`` or ``application/pdf``), whatever the client declared.
+    media_type: str = "text/plain"
 
 
 @dataclass(frozen=True, slots=True)

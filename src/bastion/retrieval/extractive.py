@@ -22,7 +22,7 @@ import snowballstemmer
 
 from bastion.domain.answer import Confidence
 from bastion.domain.retrieval import ChunkHit
-from bastion.retrieval.sentences import split_sentences
+from bastion.retrieval.chunking import sentence_spans
 
 MAX_QUOTES = 3
 #: A sentence must cover at least this share of the question's (weighted) terms.
@@ -66,7 +66,8 @@ def extractive_answer(question: str, chunks: Sequence[ChunkHit]) -> ExtractiveAn
         return None
     candidates: list[tuple[int, int, str, str, set[str]]] = []
     for hit in sorted(chunks, key=lambda h: h.rank):
-        for i, sentence in enumerate(split_sentences(hit.text)):
+        for i, (start, end) in enumerate(sentence_spans(hit.text)):
+            sentence = hit.text[start:end]
             candidates.append((hit.rank, i, hit.chunk_id, sentence, terms(sentence)))
     if not candidates:
         return None

@@ -55,6 +55,8 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "insufficient_context": {"type": "boolean"},
     },
 }
+#: What an answer prompt template is rendered with.
+ANSWER_PROMPT_VARIABLES = frozenset({"question", "sources"})
 MAX_ANSWER_CHARS = 4000
 SNIPPET_CHARS = 300
 _CITATIONS_RULE = "answer_citations"
