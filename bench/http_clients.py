@@ -1,4 +1,5 @@
-"""CPU cost per upstream call: pooled ``aiohttp.ClientSession`` vs pooled ``httpx.AsyncClient``.
+"""CPU cost per upstream call: pooled ``aiohttp.ClientSession``, pooled ``httpx.AsyncClient``,
+and bastion's own ``providers.http1.Pool`` (the OpenAI-compatible adapter's client).
 
     .venv/bin/python bench/http_clients.py [-n 3000] [--concurrency 32] [--rounds 3]
 
@@ -71,6 +72,28 @@ async def run_httpx(url: str, mode: str, n: int, conc: int) -> int:
         return await _drive(one, mode, n, conc)
 
 
+async def run_http1(url: str, mode: str, n: int, conc: int) -> int:
+    from bastion.providers.http1 import Pool
+
+    base, _, path = url.partition("/v1")
+    pool = Pool(base + "/v1", size=256, headers=HEADERS)
+    try:
+        async def one() -> int:
+            r = await pool.request("POST", path, STREAM_BODY if mode == "stream" else BODY)
+            try:
+                if mode == "stream":
+                    size = 0
+                    async for chunk in r.blocks():
+                        size += len(chunk)
+                    return size
+                return len(await r.read())
+            finally:
+                r.release()
+        return await _drive(one, mode, n, conc)
+    finally:
+        await pool.aclose()
+
+
 async def _drive(one, mode: str, n: int, conc: int) -> int:
     for _ in range(min(200, n)):  # warm the pool and the code paths
         await one()
@@ -88,7 +111,7 @@ async def _drive(one, mode: str, n: int, conc: int) -> int:
     return time.process_time() - t0
 
 
-CLIENTS = {"aiohttp": run_aiohttp, "httpx": run_httpx}
+CLIENTS = {"aiohttp": run_aiohttp, "httpx": run_httpx, "bastion http1": run_http1}
 
 
 def free_port() -> int:
@@ -137,12 +160,14 @@ def main() -> int:
     print(f"command: `{' '.join([sys.executable, *sys.argv])}`")
     print(f"aiohttp {aiohttp.__version__}, httpx {httpx.__version__}, uvloop; "
           f"n={args.n} (streams n/4), concurrency={args.concurrency}, best of {args.rounds}\n")
-    print("| workload | aiohttp CPU µs/req | httpx CPU µs/req | httpx / aiohttp |")
-    print("|---|---:|---:|---:|")
+    print("| workload | aiohttp CPU µs/req | httpx CPU µs/req | bastion http1 CPU µs/req "
+          "| httpx / aiohttp | http1 / aiohttp |")
+    print("|---|---:|---:|---:|---:|---:|")
     for mode, _ in workloads:
-        a, h = best[(mode, "aiohttp")], best[(mode, "httpx")]
+        a, h, b = (best[(mode, "aiohttp")], best[(mode, "httpx")],
+                   best[(mode, "bastion http1")])
         label = "stream (20 SSE chunks)" if mode == "stream" else f"{mode} POST"
-        print(f"| {label} | {a:.0f} | {h:.0f} | {h / a:.2f}x |")
+        print(f"| {label} | {a:.0f} | {h:.0f} | {b:.0f} | {h / a:.2f}x | {b / a:.2f}x |")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py                      # plain chat completions, 10 s per target
     .venv/bin/python bench/run.py --stream             # plus the SSE scenario (20 chunks/stream)
-    .venv/bin/python bench/run.py --quick --max-ratio 3   # the CI smoke check (~3 s per target)
+    .venv/bin/python bench/run.py --quick --max-ratio 3   # the CI smoke check (~15 s)
 
 Starts three servers, each its own process (group) on a free 127.0.0.1 port:
 
@@ -429,7 +429,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="interleaved rounds per target; each target reports its round with the "
                         "lowest CPU ms/request (default 1, with --quick 2)")
     p.add_argument("--quick", action="store_true",
-                   help="CI smoke: 3 s per target, 1 s warm-up (overrides -d/--warmup)")
+                   help="CI smoke (~15 s): 2 s per target, 1 s warm-up, only the targets the "
+                        "ratio needs (passthrough, bastion) unless --targets says otherwise "
+                        "(overrides -d/--warmup)")
     p.add_argument("--stream", action="store_true",
                    help="also run the SSE scenario (20 chunks + usage + [DONE] per stream)")
     p.add_argument("--stream-only", action="store_true", help="run only the SSE scenario")
@@ -437,8 +439,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the mock's pause between SSE events: spaced like a model's tokens, every "
                         "proxy pays its per-event read+write; 0 sends them back to back, so a "
                         "bare proxy reads many per syscall and the ratio looks worse than life")
-    p.add_argument("--targets", default=",".join(TARGETS),
-                   help="comma-separated subset of: " + ", ".join(TARGETS))
+    p.add_argument("--targets", default=None,
+                   help="comma-separated subset of: " + ", ".join(TARGETS) + " (default: all; "
+                        "with --quick: passthrough,bastion; the mock always runs as upstream)")
     p.add_argument("--workers", type=int, default=1, help="bastion worker processes")
     p.add_argument("--bastion", default=str(Path(sys.executable).parent / "bastion"),
                    help="the bastion executable")
@@ -450,7 +453,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-save", action="store_true", help="do not write results/figure files")
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = 3.0, 1.0
+        args.duration, args.warmup = 2.0, 1.0
+    if args.targets is None:
+        args.targets = "passthrough,bastion" if args.quick else ",".join(TARGETS)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 1
     if not 1 <= args.rounds <= 10:

@@ -140,6 +140,21 @@ def test_a_client_that_disconnects_cancels_the_upstream_call(live: LiveGateway) 
     assert wait_for_no_tasks(live, baseline, limit=2.0) <= baseline
 
 
+def test_a_client_that_leaves_mid_stream_ends_the_stream_and_releases_the_request(
+        live: LiveGateway) -> None:
+    baseline = len(live.tasks())
+    with httpx.Client(base_url=live.base_url, timeout=10) as client, client.stream(
+            "POST", "/v1/chat/completions",
+            json={"model": "fast", "messages": MSG, "stream": True},
+            headers={"X-Bastion-Simulate": json.dumps(
+                {"kind": "slow_stream", "interval_s": 1.0})}) as resp:
+        assert resp.status_code == 200
+        next(resp.iter_bytes())  # the first event arrived; then the client goes away
+    # The stream had seconds to go; its work and its admission slot must go long before.
+    assert wait_for_no_tasks(live, baseline, limit=1.5) <= baseline
+    assert live.gateway.admission.shedder.in_flight == 0
+
+
 def test_stream_faults_before_the_first_chunk_are_retried(http: httpx.Client) -> None:
     with http.stream("POST", "/v1/chat/completions",
                      json={"model": "fast", "messages": MSG, "stream": True},

@@ -21,6 +21,7 @@ from bastion.domain.errors import (
     UpstreamUnavailable,
 )
 from bastion.providers.base import CallTimeout
+from bastion.providers.http import sse_events
 from bastion.providers.openai_compat import OpenAICompatibleProvider
 from tests.conftest import free_port
 from tests.upstream import FakeUpstream
@@ -63,10 +64,18 @@ async def test_chat_sends_target_model_key_request_id_and_extra_fields(adapter, 
 async def test_connections_are_pooled(adapter, upstream) -> None:
     for _ in range(5):
         await adapter.chat(REQ, "m", T, ctx())
-    connector = adapter.session.connector
-    assert connector is not None
     # five sequential calls reuse one keep-alive connection
-    assert sum(len(v) for v in connector._conns.values()) == 1
+    assert len(set(upstream.peers)) == 1 and len(upstream.peers) == 5
+
+
+async def test_a_stream_closed_early_does_not_leave_its_connection_in_the_pool(adapter,
+                                                                               upstream) -> None:
+    upstream.script = [("stream_stall_after", 2)]
+    stream = await adapter.open_stream(REQ, "m", T, ctx())
+    await stream.aclose()  # the rest of the answer would still come on that connection
+    for _ in range(2):
+        await adapter.chat(REQ, "m", T, ctx())
+    assert len(set(upstream.peers)) == 2  # a fresh connection, then reused
 
 
 @pytest.mark.parametrize(("headers", "expected"), [
@@ -150,6 +159,30 @@ async def test_stream_that_ends_without_done_is_malformed(adapter, upstream) -> 
     with pytest.raises(UpstreamMalformed):
         async for _ in stream:
             pass
+
+
+async def test_a_stream_that_goes_silent_times_out_after_the_attempt_timeout(adapter,
+                                                                             upstream) -> None:
+    upstream.script = [("stream_stall_after", 2)]
+    stream = await adapter.open_stream(REQ, "m", CallTimeout(total_s=0.3, connect_s=0.3), ctx())
+    got = []
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        async for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 2
+    assert 0.25 <= time.monotonic() - started < 1.5
+
+
+async def test_sse_events_are_parsed_across_reads_and_line_endings() -> None:
+    async def blocks() -> AsyncIterator[bytes]:
+        for block in (b"da", b"ta: {\"a\": 1}\r\n\r", b"\n: comment\nevent: ping\n",
+                      b"data: x\ndata:y\n\ndata: [DONE]\n\ndata: tail"):
+            yield block
+
+    events = [e async for e in sse_events(blocks())]
+    assert events == [(None, b'{"a": 1}'), ("ping", b"x\ny"), (None, b"[DONE]"),
+                      (None, b"tail")]
 
 
 async def test_stream_errors_before_the_first_chunk_raise_from_open(adapter, upstream) -> None:

@@ -5,7 +5,8 @@ states exactly which faults the upstream shows, in order, over real HTTP:
 
 ``ok`` · ``("status", code, headers)`` · ``reset`` (drop the connection) · ``hang`` (accept,
 never answer) · ``malformed`` (200 with invalid JSON) · ``stream`` (stream of 3 chunks, usage,
-[DONE]) · ``("stream_error_after", n)`` · ``stream_no_done`` · ``("slow", seconds)``
+[DONE]) · ``("stream_error_after", n)`` · ``("stream_stall_after", n)`` (silent after n
+chunks) · ``stream_no_done`` · ``("slow", seconds)``
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class FakeUpstream:
         self.script: list[Any] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: The client address of each chat request (one per connection used).
+        self.peers: list[Any] = []
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.open_handlers = 0
@@ -70,6 +73,8 @@ class FakeUpstream:
         body = await request.json()
         self.requests.append(body)
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        self.peers.append(request.transport.get_extra_info("peername")
+                          if request.transport is not None else None)
         step = self.script.pop(0) if self.script else ("stream" if body.get("stream") else "ok")
         kind = step[0] if isinstance(step, tuple) else step
         if kind == "ok":
@@ -102,6 +107,8 @@ class FakeUpstream:
             if kind == "stream_error_after" and i == step[1]:
                 await resp.write(b'data: {"error": {"message": "boom mid-stream"}}\n\n')
                 return resp
+            if kind == "stream_stall_after" and i == step[1]:
+                await asyncio.sleep(3600)
             delta: dict[str, Any] = {"content": word}
             if i == 0:
                 delta["role"] = "assistant"

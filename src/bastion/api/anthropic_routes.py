@@ -11,14 +11,15 @@ import secrets
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from bastion.api.disconnect import until_disconnect
 from bastion.api.errors import classify, error_response
+from bastion.api.headers import headers_of
 from bastion.api.idempotent import idempotent
 from bastion.api.openai_routes import json_response, outcome_headers
 from bastion.api.request import read_json, request_context, request_id_of
-from bastion.api.sse import SSE_HEADERS, named_event
+from bastion.api.sse import SSE_HEADERS, EventStreamResponse, named_event
 from bastion.domain.anthropic import (
     ChatChunksToMessageEvents,
     anthropic_error_body,
@@ -67,10 +68,9 @@ async def _complete(request: Request, gateway: Gateway, chat: ChatRequest,
         opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
         headers = {**SSE_HEADERS, **outcome_headers(ctx, gateway.loaded.hash),
                    "request-id": request_id}
-        return StreamingResponse(_anthropic_sse(opened, alias, request_id),
-                                 media_type="text/event-stream", headers=headers)
+        return EventStreamResponse(_anthropic_sse(opened, alias, request_id), headers=headers)
     result = await until_disconnect(request, gateway.chat(
-        chat, ctx, cache_control=request.headers.get("cache-control", "")))
+        chat, ctx, cache_control=headers_of(request).get("cache-control", "")))
     return json_response(chat_response_to_message(result.response, alias),
                          {**outcome_headers(ctx, gateway.loaded.hash), "request-id": request_id})
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from starlette.requests import Request
 
+from bastion.api.headers import headers_of
 from bastion.config import AuthConfig, read_secret
 from bastion.domain.errors import Forbidden, Unauthenticated
 from bastion.domain.identity import DEFAULT_PRINCIPAL, Principal
@@ -40,7 +41,7 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
 async def principal_for(request: Request, identity: IdentityService,
                         auth: AuthConfig) -> Principal:
     """The principal a request runs as, or ``Unauthenticated``."""
-    token = token_from_headers(request.headers)
+    token = token_from_headers(headers_of(request))
     if auth.mode == "off" and (token is None or not looks_like_key(token)):
         return DEFAULT_PRINCIPAL
     return await identity.authenticate(token)

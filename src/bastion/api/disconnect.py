@@ -13,26 +13,30 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 from bastion.domain.errors import ClientClosedRequest
 
 T = TypeVar("T")
 
 
-async def _watch(request: Request, task: asyncio.Task[object], gone: list[bool]) -> None:
+async def _watch(receive: Receive, task: asyncio.Task[object], gone: list[bool]) -> None:
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             gone.append(True)
             task.cancel()
             return
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+async def until_disconnect(request: Request | Receive, work: Awaitable[T]) -> T:
+    """``await work``, or ``ClientClosedRequest`` as soon as the client disconnects.
+    ``request`` is the request, or its ASGI ``receive`` callable."""
+    receive = request.receive if isinstance(request, Request) else request
     task = asyncio.current_task()
     assert task is not None
     gone: list[bool] = []
-    watcher = asyncio.get_running_loop().create_task(_watch(request, task, gone))
+    watcher = asyncio.get_running_loop().create_task(_watch(receive, task, gone))
     try:
         return await work
     except asyncio.CancelledError:

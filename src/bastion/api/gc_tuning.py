@@ -6,8 +6,9 @@ defeats both defaults: each request briefly allocates a few hundred containers (
 the request context, aiohttp's request and response objects, futures), so 32 requests in
 flight cross 700 all the time, and every pass promotes the in-flight requests' objects until a
 full pass walks the whole heap (~65,000 objects after start-up: pydantic schemas, the config,
-every imported module). Measured with ``bench/run.py`` (plain chat completions, one worker):
-about 90 µs of CPU per request went to the collector, a fifth of the request.
+every imported module). Measured on ``bastion serve`` under the load of ``bench/run.py`` (plain chat completions,
+one worker, ``gc.callbacks`` timing every pass): about 85 µs of CPU per request went to the
+collector, a fifth of the request; with these settings ~3 µs, and 0.44 → 0.34 ms per request.
 
 So once the app has started, the worker:
 

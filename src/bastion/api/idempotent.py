@@ -13,6 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from bastion.api.headers import headers_of
 from bastion.domain.context import RequestContext
 from bastion.gateway import Gateway
 from bastion.services.idempotency import Claim, StoredResponse
@@ -37,7 +38,7 @@ async def idempotent(request: Request, gateway: Gateway, ctx: RequestContext, en
     """``handle()`` once per idempotency key; it must return a response (errors included).
 
     Call it after ``read_json``, which keeps the raw body this hashes."""
-    key = request.headers.get("idempotency-key")
+    key = headers_of(request).get("idempotency-key")
     if key is None:
         return await handle()
     claimed = await gateway.idempotency.claim(tenant=ctx.tenant, endpoint=endpoint, key=key,

@@ -7,13 +7,14 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from bastion.api.disconnect import until_disconnect
 from bastion.api.errors import classify, error_response
+from bastion.api.headers import headers_of
 from bastion.api.idempotent import idempotent
 from bastion.api.request import read_json, request_context, request_id_of
-from bastion.api.sse import DONE, SSE_HEADERS, data_event
+from bastion.api.sse import DONE, SSE_HEADERS, EventStreamResponse, data_event
 from bastion.domain.chat import ChatRequest
 from bastion.domain.context import RequestContext
 from bastion.domain.errors import ModelNotFound
@@ -81,12 +82,11 @@ async def _complete(request: Request, gateway: Gateway, chat: ChatRequest,
                     ctx: RequestContext) -> Response:
     if chat.stream:
         opened = await until_disconnect(request, gateway.chat_stream(chat, ctx))
-        return StreamingResponse(_openai_sse(opened, ctx.request_id),
-                                 media_type="text/event-stream",
-                                 headers={**SSE_HEADERS,
-                                          **outcome_headers(ctx, gateway.loaded.hash)})
+        return EventStreamResponse(_openai_sse(opened, ctx.request_id),
+                                   headers={**SSE_HEADERS,
+                                            **outcome_headers(ctx, gateway.loaded.hash)})
     result = await until_disconnect(request, gateway.chat(
-        chat, ctx, cache_control=request.headers.get("cache-control", "")))
+        chat, ctx, cache_control=headers_of(request).get("cache-control", "")))
     return json_response(result.response, outcome_headers(ctx, gateway.loaded.hash))
 
 

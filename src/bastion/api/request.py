@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 
 from bastion.api.auth import principal_for
+from bastion.api.headers import headers_of
 from bastion.domain.context import Priority, RequestContext, new_request_id
 from bastion.domain.errors import InvalidRequest, PayloadTooLarge
 from bastion.gateway import Gateway
@@ -25,7 +26,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def request_id_of(request: Request, accept: bool) -> str:
-    given = request.headers.get("x-request-id")
+    given = headers_of(request).get("x-request-id")
     if accept and given and _SAFE_ID.match(given):
         return given
     return new_request_id()
@@ -36,7 +37,7 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
 
     The raw bytes stay on ``request.state.raw_body`` for stages that hash the body as sent
     (idempotency), since the stream can be read only once."""
-    declared = request.headers.get("content-length")
+    declared = headers_of(request).get("content-length")
     if declared is not None:
         try:
             if int(declared) > max_bytes:
@@ -66,7 +67,7 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
 
 def context_for(request: Request, gateway: Gateway, route: str,
                 request_id: str) -> RequestContext:
-    headers = request.headers
+    headers = headers_of(request)
     deadline_s: float | None = None
     raw_deadline = headers.get("x-bastion-deadline")
     if raw_deadline is not None:

@@ -3,6 +3,8 @@ error class) so their cardinality stays bounded whatever the traffic."""
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter
 
 CONTRACT_CHECKS = Counter(
@@ -32,3 +34,11 @@ ADMISSION_REFUSALS = Counter(
     "rate_limit_exceeded, budget_exceeded.",
     ["route", "reason"],
 )
+
+
+@functools.cache
+def cache_result_counter(route: str, result: str) -> Counter:
+    """The ``CACHE_RESULTS`` child for one route and result, looked up once: ``labels()`` takes
+    a lock and builds a key on every call, and this one is counted on every cacheable request.
+    Both labels come from small fixed sets, so the cache stays small."""
+    return CACHE_RESULTS.labels(route, result)

@@ -1,8 +1,9 @@
 """The deadline stage: no step starts once the budget is spent, and none outlives it.
 
-The request's absolute deadline is enforced with ``asyncio.timeout_at`` around everything
-after this stage, so an upstream that never answers is cancelled at the deadline together with
-all child work, and the caller gets a classified ``DeadlineExceeded``.
+The request's absolute deadline is enforced around everything after this stage (with a
+``TimeLimit``: ``asyncio.timeout_at``'s semantics, cheaper, see ``providers.watchdog``), so an
+upstream that never answers is cancelled at the deadline together with all child work, and the
+caller gets a classified ``DeadlineExceeded``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from bastion.domain.errors import DeadlineExceeded
 from bastion.pipeline.call import ChatCall
 from bastion.pipeline.stage import Handler
+from bastion.providers.watchdog import TimeLimit
 
 
 class DeadlineStage:
@@ -20,14 +22,17 @@ class DeadlineStage:
         ctx = call.ctx
         if ctx.expired():
             raise DeadlineExceeded("the request deadline was spent before the call started")
-        scope = asyncio.timeout_at(ctx.deadline)
+        limit = TimeLimit(asyncio.get_running_loop(), ctx.deadline)
         try:
-            async with scope:
-                return await next(call)
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise DeadlineExceeded(
-                f"the request deadline ({ctx.deadline - ctx.started:.3g}s) was exceeded"
-            ) from None
+            return await next(call)
+        except asyncio.CancelledError:
+            try:
+                limit.raise_if_expired()
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request deadline ({ctx.deadline - ctx.started:.3g}s) was exceeded"
+                ) from None
+            raise
+        finally:
+            limit.close()
 

@@ -31,6 +31,7 @@ from bastion.pipeline.retry import try_target
 from bastion.pipeline.stage import Handler
 from bastion.pipeline.stream import TargetStream
 from bastion.providers.base import CallTimeout, Provider
+from bastion.providers.watchdog import TimeLimit
 
 _REQUEST_FAULTS = frozenset({400, 413, 422})
 log = logging.getLogger("bastion.contract")
@@ -43,27 +44,33 @@ async def call_provider(attempt: AttemptCall) -> Any:
     if budget <= 0:
         raise DeadlineExceeded("the request deadline was spent before the attempt")
     connect = getattr(getattr(attempt.provider, "config", None), "connect_timeout_s", budget)
-    timeout = attempt.timeout = CallTimeout(total_s=budget, connect_s=min(connect, budget))
+    # The limit below ends the call after ``budget``: the adapter need not arm a timer too.
+    timeout = attempt.timeout = CallTimeout(total_s=budget, connect_s=min(connect, budget),
+                                            caller_bounds=True)
     provider, request, model = attempt.provider, attempt.chat.request, attempt.target.model
-    scope = asyncio.timeout(budget)
+    loop = asyncio.get_running_loop()
+    limit = TimeLimit(loop, loop.time() + budget)
     try:
-        async with scope:
-            op = attempt.chat.operation
-            if op == "chat":
-                response = await provider.chat(request, model, timeout, ctx)
-                ctx.add_usage(response.get("usage"))
-                return response
-            if op == "stream":
-                opened = await provider.open_stream(request, model, timeout, ctx)
-                return TargetStream(opened, attempt.target.key)
-            response = await provider.embeddings(request, model, timeout, ctx)
+        op = attempt.chat.operation
+        if op == "chat":
+            response = await provider.chat(request, model, timeout, ctx)
             ctx.add_usage(response.get("usage"))
             return response
-    except TimeoutError:
-        if not scope.expired():
-            raise
-        raise UpstreamTimeout(
-            f"{attempt.target.key}: no answer within {budget:.3g}s") from None
+        if op == "stream":
+            opened = await provider.open_stream(request, model, timeout, ctx)
+            return TargetStream(opened, attempt.target.key)
+        response = await provider.embeddings(request, model, timeout, ctx)
+        ctx.add_usage(response.get("usage"))
+        return response
+    except asyncio.CancelledError:
+        try:
+            limit.raise_if_expired()
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{attempt.target.key}: no answer within {budget:.3g}s") from None
+        raise
+    finally:
+        limit.close()
 
 
 class Router:

@@ -8,7 +8,9 @@ The pipeline speaks OpenAI shapes; this adapter translates each request to
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -109,25 +111,29 @@ class AnthropicProvider:
     async def open_stream(self, request: ChatRequest, model: str, timeout: CallTimeout,
                           ctx: RequestContext) -> ChatStream:
         body = self._body(request, model, stream=True)
-        async with classified("stream"):
+        # Opening (headers and first event) within the attempt's timeout; later reads may each
+        # idle that long (``sse_events``).
+        async with classified("stream"), asyncio.timeout(
+                None if timeout.caller_bounds else timeout.total_s):
             resp = await self.session.post(
                 f"{self.base_url}/v1/messages", data=body, headers=self._call_headers(ctx),
                 timeout=client_timeout(timeout, streaming=True),
             )
             try:
                 await raise_for_status(resp)
-                chunks = self._chunks(resp, model)
+                chunks = self._chunks(resp, model, timeout.total_s)
                 first = await anext(chunks, None)
             except BaseException:
                 resp.release()
                 raise
         return PrefetchedStream(first, chunks, resp.release)
 
-    async def _chunks(self, resp: aiohttp.ClientResponse,
-                      model: str) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, resp: aiohttp.ClientResponse, model: str,
+                      idle_s: float) -> AsyncIterator[dict[str, Any]]:
         translator = MessageEventsToChatChunks(model)
-        async with classified("stream"):
-            async for event, data in sse_events(resp):
+        async with classified("stream"), aclosing(sse_events(resp.content.iter_any(),
+                                                       idle_s=idle_s)) as events:
+            async for event, data in events:
                 for chunk in translator.feed(event, _event_data(data)):
                     yield chunk
                 if translator.done:

@@ -17,7 +17,7 @@ from bastion.config import BastionConfig, Price
 from bastion.domain.context import RequestContext
 from bastion.domain.errors import BastionError
 from bastion.domain.usage import UsageRow
-from bastion.observability.metrics import ADMISSION_REFUSALS, CACHE_RESULTS
+from bastion.observability.metrics import ADMISSION_REFUSALS, cache_result_counter
 from bastion.pipeline.admission.budget import BudgetGuard, BudgetHold
 from bastion.pipeline.admission.ratelimit import RateHold, RateLimiter
 from bastion.pipeline.admission.shedding import LoadShedder
@@ -28,10 +28,10 @@ from bastion.stores.base import KeyValueStore
 
 @dataclass(slots=True)
 class Ticket:
-    """What one admitted request holds until ``leave``."""
+    """What one admitted request holds until ``leave``; None where nothing is configured."""
 
-    rate: RateHold
-    budget: BudgetHold
+    rate: RateHold | None
+    budget: BudgetHold | None
     alias: str
     left: bool = False
 
@@ -45,6 +45,12 @@ class AdmissionService:
         # Budgets are money: their running totals live in the durable store.
         self.budgets = BudgetGuard(durable, config.budgets)
         self.ledger = ledger
+        # The config does not change while it serves: what can be decided once is. A stage
+        # with nothing configured (the default: no limits, no budgets, no prices) then costs
+        # no store call, no date and no arithmetic per request.
+        self._limits_on = self.limiter.configured
+        self._budgets_on = self.budgets.configured
+        self._worst_prices = {alias: self._worst_price(alias) for alias in config.models}
 
     def _worst_price(self, alias: str) -> Price | None:
         spec = self.config.models.get(alias)
@@ -65,14 +71,20 @@ class AdmissionService:
             raise
         output = (self.config.budgets.default_max_output_tokens if max_output_tokens is None
                   else max_output_tokens)
+        rate: RateHold | None = None
+        budget: BudgetHold | None = None
         try:
-            rate = await self.limiter.admit(ctx, prompt_tokens + output)
-            try:
-                worst = worst_case_cost_usd(prompt_tokens, output, self._worst_price(alias))
-                budget = await self.budgets.reserve(ctx, worst)
-            except BaseException:
-                await self.limiter.release(rate, refund_tokens=True)
-                raise
+            if self._limits_on:
+                rate = await self.limiter.admit(ctx, prompt_tokens + output)
+            if self._budgets_on:
+                try:
+                    worst = worst_case_cost_usd(prompt_tokens, output,
+                                                self._worst_prices.get(alias))
+                    budget = await self.budgets.reserve(ctx, worst)
+                except BaseException:
+                    if rate is not None:
+                        await self.limiter.release(rate, refund_tokens=True)
+                    raise
         except BaseException as exc:
             self.shedder.leave()
             if isinstance(exc, BastionError):
@@ -86,14 +98,16 @@ class AdmissionService:
             return
         ticket.left = True
         if ctx.cache is not None:
-            CACHE_RESULTS.labels(ctx.route, ctx.cache).inc()
+            cache_result_counter(ctx.route, ctx.cache).inc()
         try:
             usage = ctx.usage
             price = self.config.pricing.get(ctx.target) if ctx.target else None
             ctx.cost_usd = cost_usd(usage, price) if ctx.cache != "hit" else 0.0
-            tokens = _total_tokens(usage) if ctx.cache != "hit" else 0
-            await self.limiter.settle(ticket.rate, tokens)
-            await self.budgets.settle(ticket.budget, ctx.cost_usd)
+            if ticket.rate is not None:
+                tokens = _total_tokens(usage) if ctx.cache != "hit" else 0
+                await self.limiter.settle(ticket.rate, tokens)
+            if ticket.budget is not None:
+                await self.budgets.settle(ticket.budget, ctx.cost_usd)
         finally:
             self.shedder.leave()
             self.ledger.record(usage_row(ctx, ticket.alias, error))

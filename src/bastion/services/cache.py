@@ -71,9 +71,12 @@ class ResponseCache:
     async def complete(self, request: ChatRequest, ctx: RequestContext, produce: Producer,
                        cache_control: str = "") -> dict[str, Any]:
         """The response for ``request``: from the cache when fresh, else from ``produce``."""
+        if not self.config.enabled or not is_deterministic(request):
+            ctx.cache = None
+            return await produce()
         directives = {d.strip().lower() for d in cache_control.split(",") if d.strip()}
-        if not self.config.enabled or not is_deterministic(request) or "no-store" in directives:
-            ctx.cache = "bypass" if self.config.enabled and is_deterministic(request) else None
+        if "no-store" in directives:
+            ctx.cache = "bypass"
             return await produce()
         key = cache_key(ctx.tenant, request)
         ttl = self.ttl(ctx.route)

@@ -8,7 +8,6 @@ the response headers.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from bastion.pipeline.call import ChatCall
 from bastion.pipeline.contract import OutputContract
 from bastion.pipeline.stream import TargetStream
 from bastion.providers.base import PrefetchedStream
+from bastion.providers.watchdog import Watchdog
 
 
 @dataclass(slots=True)
@@ -66,19 +66,17 @@ class ChatStreamResult:
     _finished: bool = False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        deadline = self.ctx.deadline
+        watchdog = Watchdog(deadline=self.ctx.deadline)
         iterator = self.stream.__aiter__()
         outcome: BaseException | None = None
         try:
             while True:
-                scope = asyncio.timeout_at(deadline)
                 try:
-                    async with scope:
-                        chunk = await anext(iterator)
+                    chunk = await watchdog.next(iterator)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    if not scope.expired():
+                    if not watchdog.expired:
                         raise
                     raise DeadlineExceeded("the request deadline was exceeded mid-stream") \
                         from None
@@ -96,6 +94,7 @@ class ChatStreamResult:
             outcome = exc
             raise
         finally:
+            watchdog.close()
             try:
                 await iterator.aclose()
                 await self.stream.aclose()

@@ -42,6 +42,11 @@ class BudgetGuard:
         self.store = store
         self.config = config
         self.clock = clock
+        #: Whether any budget sets any ceiling; when none does, admission skips the guard.
+        self.configured = any(
+            b.per_day_usd is not None or b.per_month_usd is not None
+            or b.per_request_usd is not None
+            for b in (config.default, *config.tenants.values(), *config.routes.values()))
 
     def _periods(self, ctx: RequestContext) -> list[tuple[str, float, str, float]]:
         """(key, limit in usd, scope description, ttl) for every budget that applies."""

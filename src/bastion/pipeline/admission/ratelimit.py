@@ -45,10 +45,19 @@ class RateHold:
     holder: str = ""
 
 
+def _limits(limit: RateLimit) -> bool:
+    return bool(limit.requests_per_minute or limit.tokens_per_minute
+                or limit.concurrent_requests)
+
+
 class RateLimiter:
     def __init__(self, store: KeyValueStore, config: LimitsConfig) -> None:
         self.store = store
         self.config = config
+        #: Whether any scope has a limit at all; when none has, admission skips the limiter.
+        self.configured = any(_limits(limit) for limit in (
+            config.default, *config.tenants.values(), *config.keys.values(),
+            *config.routes.values()))
 
     def scopes(self, ctx: RequestContext) -> list[tuple[str, RateLimit]]:
         tenant = self.config.tenants.get(ctx.tenant, self.config.default)
@@ -57,9 +66,7 @@ class RateLimiter:
             scopes.append((f"k:{ctx.key_id}", self.config.keys[ctx.key_id]))
         if ctx.route in self.config.routes:
             scopes.append((f"r:{ctx.tenant}:{ctx.route}", self.config.routes[ctx.route]))
-        return [(name, limit) for name, limit in scopes
-                if limit.requests_per_minute or limit.tokens_per_minute
-                or limit.concurrent_requests]
+        return [(name, limit) for name, limit in scopes if _limits(limit)]
 
     async def admit(self, ctx: RequestContext, tokens: int) -> RateHold:
         """Count the request against every scope, or raise ``TenantLimitExceeded``."""

@@ -67,6 +67,8 @@ class OutputContract:
         Raises ``InvalidRequest`` (``param`` set) when a declared schema is not valid JSON
         Schema: that is the caller's mistake and must not reach a model.
         """
+        if not (request.response_format or request.tools or model is not None or rules):
+            return None  # most requests: nothing declared, nothing to build
         contract = cls(rules=tuple(rules), rule_context=rule_context or RuleContext(),
                        model=model)
         rf = request.response_format or {}
