@@ -21,8 +21,20 @@ from bastion.cli import app
 from bastion.domain.retrieval import ChunkHit
 from bastion.retrieval.evaluate import doc_ranking, load_beir, ndcg_at_k, recall_at_k
 
-SCIFACT = Path(os.environ.get("BASTION_SCIFACT",
-                              Path(__file__).resolve().parents[2] / "shared/data/scifact"))
+
+def _scifact() -> Path:
+    """$BASTION_SCIFACT, else ../shared beside this checkout, else the workspace's copy (a CI
+    checkout may live elsewhere)."""
+    if "BASTION_SCIFACT" in os.environ:
+        return Path(os.environ["BASTION_SCIFACT"])
+    for candidate in (Path(__file__).resolve().parents[2] / "shared/data/scifact",
+                      Path("/work/shared/data/scifact")):
+        if (candidate / "corpus.jsonl").is_file():
+            return candidate
+    return Path("/work/shared/data/scifact")
+
+
+SCIFACT = _scifact()
 
 
 def test_ndcg_with_binary_judgements() -> None:

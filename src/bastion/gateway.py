@@ -38,7 +38,7 @@ from bastion.services.cache import ResponseCache
 from bastion.services.chat import ChatResult, ChatService, ChatStreamResult
 from bastion.services.idempotency import IdempotencyGuard
 from bastion.services.identity import IdentityService
-from bastion.services.ingest import IngestService
+from bastion.services.ingest import IngestResult, IngestService
 from bastion.services.ledger import UsageLedger
 from bastion.services.prompts import PromptLibrary, PromptTemplate, check_variables
 from bastion.services.tasks import TaskResult, TaskService, compile_tasks
@@ -234,6 +234,26 @@ class Gateway:
 
         return await self._admitted(ctx, settings.model or "extractive", prompt_tokens,
                                     settings.max_tokens if settings.model else 0, run)
+
+    async def ingest_document(self, ctx: RequestContext, **document: Any) -> IngestResult:
+        """``IngestService.ingest`` for ``ctx``'s tenant, through admission, since embedding a
+        large document is real work: requests-per-minute and concurrency limits, load shedding
+        (``batch`` priority is shed first) and a ledger row on route ``documents``. While it
+        runs, about a token per 4 bytes is held against the tokens-per-minute limit; no model
+        tokens are spent, so none stay charged."""
+        size = len(document.get("data") or b"")
+
+        async def run() -> IngestResult:
+            return await self.ingest.ingest(tenant=ctx.tenant, **document)
+
+        return await self._admitted(ctx, "ingest", size // 4, 0, run)
+
+    async def reindex_document(self, ctx: RequestContext, collection: str,
+                               doc_id: str) -> IngestResult:
+        async def run() -> IngestResult:
+            return await self.ingest.reindex(ctx.tenant, collection, doc_id)
+
+        return await self._admitted(ctx, "ingest", 0, 0, run)
 
     async def chat(self, request: ChatRequest | dict[str, Any],
                    ctx: RequestContext | None = None, *, cache_control: str = "") -> ChatResult:

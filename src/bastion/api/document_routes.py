@@ -79,8 +79,8 @@ async def create_document(request: Request) -> Response:
                 raise InvalidRequest(f"{name} is required", param=name)
         content_field, data = _content(body)
         try:
-            result = await gateway.ingest.ingest(
-                tenant=ctx.tenant, collection=body["collection"], doc_id=body["doc_id"],
+            result = await gateway.ingest_document(
+                ctx, collection=body["collection"], doc_id=body["doc_id"],
                 data=data, media_type=_text_or_none(body, "media_type"),
                 filename=_text_or_none(body, "filename"), title=_text_or_none(body, "title"),
                 metadata=body.get("metadata"), access=_access(body.get("access")))
@@ -139,7 +139,7 @@ async def delete_document(request: Request) -> Response:
 async def reindex_document(request: Request) -> Response:
     async def handle(gateway: Gateway, ctx: RequestContext, headers: dict[str, str]) -> Response:
         collection, doc_id = _path_ids(request)
-        result = await gateway.ingest.reindex(ctx.tenant, collection, doc_id)
+        result = await gateway.reindex_document(ctx, collection, doc_id)
         return json_response({**document_json(result.document), "changed": result.changed},
                              headers)
 
