@@ -12,11 +12,12 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from bastion.api.admin_routes import admin_routes
 from bastion.api.answer_routes import answer
@@ -27,15 +28,32 @@ from bastion.api.gc_tuning import tune_gc_for_serving
 from bastion.api.health import health, ready
 from bastion.api.metrics_routes import metrics
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
-from bastion.api.request import request_id_of
+from bastion.api.request import CTX_SCOPE_KEY, request_id_of
 from bastion.api.task_routes import list_tasks, run_task
 from bastion.api.usage_routes import authenticated_usage
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
+from bastion.observability import logging as logs
+from bastion.observability.logging import (
+    completion_fields,
+    configure_logging,
+    flush_logs,
+    take_error,
+)
 
 CONFIG_ENV = "BASTION_CONFIG"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+#: Probes and scrapes: frequent, and nothing to explain.
+_UNLOGGED = frozenset({"/health", "/ready", "/metrics"})
+
+
+def log_completion(scope: Scope, status: int) -> None:
+    """The request's one ``request.completed`` event (metadata only; see
+    ``observability.logging``)."""
+    logs.logger.info("request.completed", **completion_fields(
+        scope.get(CTX_SCOPE_KEY), method=scope["method"], path=scope["path"], status=status,
+        error=take_error()))
 
 
 class GatewayApp(Starlette):
@@ -54,14 +72,28 @@ class GatewayApp(Starlette):
         self._direct = dict(direct)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            endpoint = self._direct.get((scope["method"], scope["path"]))
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        status = [500]
+
+        async def sent(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            endpoint = (None if scope.get("root_path")
+                        else self._direct.get((scope["method"], scope["path"])))
             if endpoint is not None:
                 scope["app"] = self
-                response = await endpoint(Request(scope, receive, send))
-                await response(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+                response = await endpoint(Request(scope, receive, sent))
+                await response(scope, receive, sent)
+            else:
+                await super().__call__(scope, receive, sent)
+        finally:
+            if scope["path"] not in _UNLOGGED:
+                log_completion(scope, status[0])
 
 
 def create_app(gateway: Gateway | None = None, *, config_path: str | None = None,
@@ -72,6 +104,8 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
     only serves this app, as ``bastion serve`` workers do."""
     if gateway is None:
         gateway = Gateway.from_config(config_path or os.environ.get(CONFIG_ENV) or None)
+    if not structlog.is_configured():
+        configure_logging(os.environ.get("BASTION_LOG_LEVEL", "info"))  # JSON lines on stderr, redacted; an app may configure its own
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -82,6 +116,7 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
             yield
         finally:
             await gateway.aclose()
+            flush_logs()
 
     async def not_found(request: Request, exc: Any) -> Response:
         request_id = request_id_of(request, gateway.config.server.accept_request_id)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from bastion.domain.anthropic import anthropic_error_body, anthropic_error_type
 from bastion.domain.errors import BastionError, InternalError
+from bastion.observability.logging import note_error
 
 log = logging.getLogger("bastion.errors")
 
@@ -37,6 +38,7 @@ def error_headers(err: BastionError, base: dict[str, str]) -> dict[str, str]:
 def error_response(exc: BaseException, request_id: str, headers: dict[str, str],
                    *, shape: str = "openai") -> Response:
     err = classify(exc, request_id)
+    note_error(err.code)
     if shape == "anthropic":
         body = anthropic_error_body(anthropic_error_type(err.status), err.message)
         body["request_id"] = request_id

@@ -32,6 +32,10 @@ def request_id_of(request: Request, accept: bool) -> str:
     return new_request_id()
 
 
+#: Where ``request_context`` leaves the request's context in the ASGI scope.
+CTX_SCOPE_KEY = "bastion.ctx"
+
+
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     """The body as a JSON object, refusing oversized bodies before reading them whole.
 
@@ -108,4 +112,5 @@ async def request_context(request: Request, gateway: Gateway, route: str,
     ctx = context_for(request, gateway, route, request_id)
     ctx.tenant = principal.tenant_id
     ctx.key_id = principal.key_id
+    request.scope[CTX_SCOPE_KEY] = ctx  # for the completion log event
     return ctx

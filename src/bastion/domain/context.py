@@ -81,6 +81,8 @@ class RequestContext:
     #: Token usage of every upstream answer of this request (repairs included), summed.
     usage: dict[str, Any] | None = None
     cost_usd: float = 0.0
+    #: Chunks retrieved for this request (id, score), for answers: metadata for the logs.
+    retrieved: list[tuple[str, float]] | None = None
     #: Headers any stage wants on the response.
     response_headers: dict[str, str] = field(default_factory=dict)
 

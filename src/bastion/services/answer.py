@@ -152,6 +152,7 @@ class AnswerService:
         flags = AnswerFlags()
         hits = await self._retrieve(scope, question, flags)
         retrieved = [(h.chunk_id, h.score) for h in hits]
+        ctx.retrieved = retrieved
         if not hits or not self._relevant(hits):
             flags.reason = flags.reason or "below_relevance_floor"
             return AnswerResult(AnswerOutcome.not_enough_context, None, None, [], None, flags,
