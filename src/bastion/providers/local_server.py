@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     params = xllamacpp.CommonParams()
     params.model.path = args.model
+    # Answers name the model by its file's stem, not its path on this machine.
+    params.model_alias = {Path(args.model).stem}
     params.n_parallel = args.parallel
     params.n_ctx = args.ctx * args.parallel
     params.cpuparams.n_threads = args.threads
