@@ -33,10 +33,11 @@ from bastion.api.task_routes import list_tasks, run_task
 from bastion.api.usage_routes import authenticated_usage
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
-from bastion.observability import logging as logs
 from bastion.observability.logging import (
     completion_fields,
+    completion_logging,
     configure_logging,
+    emit_completion,
     flush_logs,
     take_error,
 )
@@ -51,9 +52,10 @@ _UNLOGGED = frozenset({"/health", "/ready", "/metrics"})
 def log_completion(scope: Scope, status: int) -> None:
     """The request's one ``request.completed`` event (metadata only; see
     ``observability.logging``)."""
-    logs.logger.info("request.completed", **completion_fields(
-        scope.get(CTX_SCOPE_KEY), method=scope["method"], path=scope["path"], status=status,
-        error=take_error()))
+    error = take_error()
+    if completion_logging():
+        emit_completion(completion_fields(scope.get(CTX_SCOPE_KEY), method=scope["method"],
+                                          path=scope["path"], status=status, error=error))
 
 
 class GatewayApp(Starlette):
