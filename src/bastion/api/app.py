@@ -41,6 +41,7 @@ from bastion.observability.logging import (
     flush_logs,
     take_error,
 )
+from bastion.observability.request_metrics import REQUEST_METRICS
 
 CONFIG_ENV = "BASTION_CONFIG"
 
@@ -50,11 +51,13 @@ _UNLOGGED = frozenset({"/health", "/ready", "/metrics"})
 
 
 def log_completion(scope: Scope, status: int) -> None:
-    """The request's one ``request.completed`` event (metadata only; see
-    ``observability.logging``)."""
+    """The request's metrics and its one ``request.completed`` event (metadata only; see
+    ``observability.logging`` and ``observability.request_metrics``)."""
     error = take_error()
+    ctx = scope.get(CTX_SCOPE_KEY)
+    REQUEST_METRICS.record(ctx, error or ("ok" if status < 400 else f"http_{status}"))
     if completion_logging():
-        emit_completion(completion_fields(scope.get(CTX_SCOPE_KEY), method=scope["method"],
+        emit_completion(completion_fields(ctx, method=scope["method"],
                                           path=scope["path"], status=status, error=error))
 
 

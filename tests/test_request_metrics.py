@@ -1,0 +1,66 @@
+"""Per-request metrics on ``/metrics``: counted by route and outcome, latency split into
+upstream time and bastion's own overhead, attempts by target, fallbacks, tokens and cost —
+with tenants bounded so label cardinality cannot grow with traffic."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bastion.domain.context import Attempt, RequestContext
+from bastion.observability.request_metrics import MAX_TENANTS, OTHER, RequestMetrics
+from tests.conftest import SIM_CONFIG, make_gateway, run_live
+
+
+def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(base_url + "/metrics").text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_requests_attempts_and_fallbacks_are_counted() -> None:
+    down = json.dumps({"kind": "status", "status": 503, "only_model": "sim-primary"})
+    for live in run_live(make_gateway(SIM_CONFIG + "pricing:\n  sim/sim-primary: "
+                                      "{input_per_mtok: 1000000, output_per_mtok: 1000000}\n")):
+        before = scrape(live.base_url)
+        msg = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=live.base_url, timeout=10) as http:
+            assert http.post("/v1/chat/completions", json=msg).status_code == 200
+            assert http.post("/v1/chat/completions", json=msg,
+                             headers={"x-bastion-simulate": down}).status_code == 200
+            assert http.post("/v1/chat/completions",
+                             json={**msg, "model": "nope"}).status_code == 404
+        after = scrape(live.base_url)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("bastion_requests_total", route="chat", outcome="ok") == 2
+    assert grew("bastion_requests_total", route="chat", outcome="model_not_found") == 1
+    assert grew("bastion_fallbacks_total", route="chat") == 1
+    assert grew("bastion_upstream_attempts_total", target="sim/sim-primary",
+                outcome="upstream_unavailable") == 3  # the first try and its 2 retries
+    assert grew("bastion_upstream_attempts_total", target="backup/sim-backup", outcome="ok") == 1
+    assert grew("bastion_request_duration_seconds_count", route="chat") == 3
+    assert grew("bastion_overhead_seconds_count", route="chat") == 3
+    assert grew("bastion_upstream_duration_seconds_count", route="chat") == 2
+    assert grew("bastion_tokens_total", tenant="default", route="chat", kind="prompt") > 0
+    assert grew("bastion_cost_usd_total", tenant="default", route="chat") > 0
+
+
+def test_tenant_labels_are_bounded() -> None:
+    metrics = RequestMetrics()
+    for i in range(MAX_TENANTS + 50):
+        ctx = RequestContext.create(budget_s=1, tenant=f"t{i}")
+        ctx.usage = {"prompt_tokens": 1, "completion_tokens": 1}
+        ctx.attempts.append(Attempt("p/m", 1, "ok", 0.01))
+        metrics.record(ctx, "ok")
+    tenants = {tenant for tenant, _, _ in metrics.tokens}
+    assert len(tenants) == MAX_TENANTS + 1 and OTHER in tenants
+    assert metrics.tokens[OTHER, "chat", "prompt"] == 50
