@@ -32,7 +32,7 @@ from bastion.providers.registry import build_provider
 from bastion.retrieval.embedder import MiniLMEmbedder
 from bastion.retrieval.index import DocumentIndex
 from bastion.retrieval.search import Retriever
-from bastion.services.admission import AdmissionService
+from bastion.services.admission import AdmissionService, Ticket
 from bastion.services.answer import ANSWER_PROMPT_VARIABLES, AnswerService
 from bastion.services.cache import ResponseCache
 from bastion.services.chat import ChatResult, ChatService, ChatStreamResult
@@ -199,10 +199,15 @@ class Gateway:
         except ValidationError as exc:
             raise invalid_from_validation(exc) from None
 
+    async def _enter(self, ctx: RequestContext, alias: str, prompt_tokens: int,
+                     max_output: int | None) -> Ticket:
+        return await ctx.staged("admission", self.admission.enter(ctx, alias, prompt_tokens,
+                                                                  max_output))
+
     async def _admitted(self, ctx: RequestContext, alias: str, prompt_tokens: int,
                         max_output: int | None, run: Callable[[], Awaitable[R]]) -> R:
         """Run ``run`` between admission and the bookkeeping that settles it."""
-        ticket = await self.admission.enter(ctx, alias, prompt_tokens, max_output)
+        ticket = await self._enter(ctx, alias, prompt_tokens, max_output)
         try:
             result = await run()
         except BaseException as exc:
@@ -244,14 +249,14 @@ class Gateway:
         size = len(document.get("data") or b"")
 
         async def run() -> IngestResult:
-            return await self.ingest.ingest(tenant=ctx.tenant, **document)
+            return await ctx.staged("ingest", self.ingest.ingest(tenant=ctx.tenant, **document))
 
         return await self._admitted(ctx, "ingest", size // 4, 0, run)
 
     async def reindex_document(self, ctx: RequestContext, collection: str,
                                doc_id: str) -> IngestResult:
         async def run() -> IngestResult:
-            return await self.ingest.reindex(ctx.tenant, collection, doc_id)
+            return await ctx.staged("ingest", self.ingest.reindex(ctx.tenant, collection, doc_id))
 
         return await self._admitted(ctx, "ingest", 0, 0, run)
 
@@ -281,8 +286,8 @@ class Gateway:
         settled when the stream ends, fails or is closed."""
         chat = self.parse_chat(request)
         ctx = ctx or self.context()
-        ticket = await self.admission.enter(ctx, chat.model, estimate_prompt_tokens(chat),
-                                            chat.output_token_limit)
+        ticket = await self._enter(ctx, chat.model, estimate_prompt_tokens(chat),
+                                   chat.output_token_limit)
         try:
             opened = await self.chat_service.stream(chat, ctx)
         except BaseException as exc:

@@ -22,6 +22,12 @@ from bastion.config.loader import (
     read_secret,
 )
 from bastion.config.models import BreakerPolicy, ModelAlias, TargetConfig
+from bastion.config.observability import (
+    ContentLoggingConfig,
+    JournalConfig,
+    ObservabilityConfig,
+    TracingConfig,
+)
 from bastion.config.providers import (
     AnthropicProviderConfig,
     BulkheadPolicy,
@@ -54,14 +60,17 @@ __all__ = [
     "CacheConfig",
     "ChunkingConfig",
     "ConfigError",
+    "ContentLoggingConfig",
     "EmbedderConfig",
     "IdempotencyConfig",
+    "JournalConfig",
     "LatencySpec",
     "LedgerConfig",
     "LimitsConfig",
     "LoadedConfig",
     "LocalProviderConfig",
     "ModelAlias",
+    "ObservabilityConfig",
     "OpenAIProviderConfig",
     "Price",
     "ProviderConfig",
@@ -74,6 +83,7 @@ __all__ = [
     "StateConfig",
     "TargetConfig",
     "TaskConfig",
+    "TracingConfig",
     "load_config",
     "parse_config",
     "read_secret",

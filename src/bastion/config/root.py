@@ -18,6 +18,7 @@ from bastion.config.admission import (
 from bastion.config.answer import AnswerConfig
 from bastion.config.base import Strict
 from bastion.config.models import ModelAlias
+from bastion.config.observability import ObservabilityConfig
 from bastion.config.providers import ProviderConfig
 from bastion.config.retrieval import RetrievalConfig
 from bastion.config.tasks import TaskConfig
@@ -65,6 +66,7 @@ class BastionConfig(Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> BastionConfig:

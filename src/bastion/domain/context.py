@@ -11,7 +11,12 @@ import random
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, NamedTuple, TypeVar
+
+from bastion.domain.errors import outcome_of
+
+T = TypeVar("T")
 
 
 class Priority(str, Enum):
@@ -34,6 +39,26 @@ def new_request_id() -> str:
     return f"req_{_ids.getrandbits(96):024x}"
 
 
+def new_span_id() -> str:
+    """A W3C trace-context span id: 16 hex digits, never all zeros."""
+    return f"{_ids.getrandbits(64) or 1:016x}"
+
+
+def new_trace_id() -> str:
+    """A W3C trace-context trace id: 32 hex digits, never all zeros."""
+    return f"{_ids.getrandbits(128) or 1:032x}"
+
+
+class StageTiming(NamedTuple):
+    """One stage of a request: when it started (seconds after the request did), how long it
+    took, and how it ended (``ok`` or an error code)."""
+
+    name: str
+    start_s: float
+    duration_s: float
+    outcome: str = "ok"
+
+
 @dataclass(slots=True)
 class Attempt:
     """One call to one target: what happened and how long it took."""
@@ -44,6 +69,10 @@ class Attempt:
     duration_s: float
     #: False when the target was skipped without a call (open breaker, full bulkhead).
     called: bool = True
+    #: Seconds after the request started that this attempt began.
+    start_s: float = 0.0
+    #: The attempt's span id when the request is traced (see ``RequestContext.trace_id``).
+    span_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +83,9 @@ class ContractStep:
     phase: str  # "first" or "repair"
     valid: bool
     violations: tuple[str, ...] = ()
+    #: Seconds after the request started that the check ran, and how long it took.
+    start_s: float = 0.0
+    duration_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -66,6 +98,8 @@ class RequestContext:
     priority: Priority = Priority.default
     idempotency_key: str | None = None
     started: float = field(default_factory=time.monotonic)
+    #: Wall-clock epoch seconds at ``started``: timestamps for traces and the request journal.
+    wall_started: float = field(default_factory=time.time)
     #: Test-only fault override for the simulated provider (see providers/simulated.py).
     simulate: dict[str, Any] | None = None
     #: Filled in by the route stage as it goes.
@@ -85,6 +119,19 @@ class RequestContext:
     retrieved: list[tuple[str, float]] | None = None
     #: Headers any stage wants on the response.
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: The stages this request went through, in the order they ended.
+    stages: list[StageTiming] = field(default_factory=list)
+    #: Seconds from the request's start to the first streamed token (streams only).
+    first_token_s: float | None = None
+    #: W3C trace context: the trace this request belongs to, the caller's span (from its
+    #: ``traceparent``), this request's own span, and the sampled flag. ``trace_id`` is None
+    #: when the request is not traced and the caller sent no ``traceparent``.
+    trace_id: str | None = None
+    parent_span_id: str | None = None
+    span_id: str | None = None
+    trace_flags: str = "01"
+    #: The ``traceparent`` to send with the current upstream attempt (None: send none).
+    upstream_traceparent: str | None = None
 
     @classmethod
     def create(
@@ -96,7 +143,7 @@ class RequestContext:
     ) -> RequestContext:
         now = time.monotonic()
         return cls(request_id=request_id or new_request_id(), deadline=now + budget_s,
-                   started=now, **kw)
+                   started=now, wall_started=time.time(), **kw)
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""
@@ -134,3 +181,28 @@ class RequestContext:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def offset(self, monotonic: float) -> float:
+        """``monotonic`` (a ``time.monotonic()`` reading) as seconds after the request began."""
+        return monotonic - self.started
+
+    def add_stage(self, name: str, since: float, outcome: str = "ok") -> None:
+        """Record stage ``name`` as having run from ``since`` (``time.monotonic()``) to now."""
+        now = time.monotonic()
+        self.stages.append(StageTiming(name, since - self.started, now - since, outcome))
+
+    async def staged(self, name: str, work: Awaitable[T]) -> T:
+        """Await ``work``, recorded as stage ``name`` with how it ended."""
+        started = time.monotonic()
+        try:
+            result = await work
+        except BaseException as exc:
+            self.add_stage(name, started, outcome_of(exc))
+            raise
+        self.add_stage(name, started)
+        return result
+
+    def first_token(self) -> None:
+        """Note the first streamed token (only the first call counts)."""
+        if self.first_token_s is None:
+            self.first_token_s = time.monotonic() - self.started

@@ -318,6 +318,16 @@ class InternalError(BastionError):
         )
 
 
+def outcome_of(error: BaseException | None) -> str:
+    """How something ended, as logs, metrics and the ledger name it: ``ok``, the taxonomy's
+    error code, ``cancelled`` (the task was cancelled) or ``internal_error`` (a bug)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, BastionError):
+        return error.code
+    return "cancelled" if not isinstance(error, Exception) else "internal_error"
+
+
 def new_incident_id() -> str:
     return "inc_" + secrets.token_hex(8)
 

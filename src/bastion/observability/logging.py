@@ -248,26 +248,45 @@ def emit_completion(fields: dict[str, Any]) -> None:
     _output.msg(_render(None, "info", redact(None, "info", fields)))
 
 
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
 def completion_fields(ctx: RequestContext | None, *, method: str, path: str, status: int,
                       error: str | None) -> dict[str, Any]:
-    """The metadata of one finished request: what an operator needs, nothing it said."""
+    """The metadata of one finished request: what an operator needs, nothing it said. It is
+    also what the request journal keeps and ``bastion trace`` prints: the stages in order,
+    each upstream attempt, the contract checks, all timed from the request's start."""
     fields: dict[str, Any] = {"method": method, "path": path, "status": status,
                               "outcome": error or ("ok" if status < 400 else f"http_{status}")}
     if ctx is None:
         return fields
     usage = ctx.usage or {}
     fields.update(
-        request_id=ctx.request_id, tenant=ctx.tenant, key_id=ctx.key_id, route=ctx.route,
-        priority=ctx.priority.value, target=ctx.target, fallback=ctx.fallback_used,
-        attempts=[[a.target, a.number, a.outcome, round(a.duration_s * 1000, 2), a.called]
+        request_id=ctx.request_id, ts=round(ctx.wall_started, 6), tenant=ctx.tenant,
+        key_id=ctx.key_id, route=ctx.route, priority=ctx.priority.value, target=ctx.target,
+        fallback=ctx.fallback_used,
+        attempts=[{"target": a.target, "n": a.number, "outcome": a.outcome,
+                   "start_ms": _ms(a.start_s), "ms": _ms(a.duration_s), "called": a.called}
                   for a in ctx.attempts],
         calls=ctx.calls(), cache=ctx.cache, prompt=ctx.prompt,
         contract=ctx.contract_outcome(),
         prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
         cost_usd=round(ctx.cost_usd, 8),
-        latency_ms=round(ctx.elapsed() * 1000, 2),
-        upstream_ms=round(sum(a.duration_s for a in ctx.attempts) * 1000, 2),
+        latency_ms=_ms(ctx.elapsed()),
+        upstream_ms=_ms(sum(a.duration_s for a in ctx.attempts)),
+        stages=[[s.name, _ms(s.start_s), _ms(s.duration_s), s.outcome] for s in ctx.stages],
     )
+    if ctx.contract_steps:
+        # Verdicts and counts only: a violation's text may quote the model's output.
+        fields["contract_steps"] = [
+            {"target": c.target, "phase": c.phase, "valid": c.valid,
+             "violations": len(c.violations), "start_ms": _ms(c.start_s),
+             "ms": _ms(c.duration_s)} for c in ctx.contract_steps]
+    if ctx.first_token_s is not None:
+        fields["ttft_ms"] = _ms(ctx.first_token_s)
+    if ctx.trace_id is not None:
+        fields["trace_id"] = ctx.trace_id
     if ctx.retrieved is not None:
         fields["retrieved"] = [[chunk_id, round(score, 4)] for chunk_id, score in ctx.retrieved]
     return fields

@@ -51,9 +51,21 @@ class CircuitBreaker:
         self._open_key = f"breaker:{key}:open"
         self._probe_key = f"breaker:{key}:probe"
         self._fail_prefix = f"breaker:{key}:fail:"
+        #: When the breaker was last seen open by this process (None: last seen closed), and
+        #: how many times this process opened it: what the metrics report without a store
+        #: read (``observability.pipeline_metrics``).
+        self.seen_open_at: float | None = None
+        self.opened = 0
+
+    def seen_state(self) -> str:
+        """The state as of this process's last look at the store."""
+        opened_at = self.seen_open_at
+        if opened_at is None:
+            return "closed"
+        return "open" if self.clock() - opened_at < self.policy.cooldown_s else "half_open"
 
     async def state(self) -> str:
-        opened_at = await self.store.get(self._open_key)
+        opened_at = self.seen_open_at = await self.store.get(self._open_key)
         if opened_at is None:
             return "closed"
         if self.clock() - opened_at < self.policy.cooldown_s:
@@ -63,7 +75,7 @@ class CircuitBreaker:
     async def allow(self) -> bool:
         """Let a call through or raise ``CircuitOpen`` to skip the target without calling it.
         Returns True when this call is the single half-open probe, False for a normal call."""
-        opened_at = await self.store.get(self._open_key)
+        opened_at = self.seen_open_at = await self.store.get(self._open_key)
         if opened_at is None:
             return False  # closed: a normal call, not a probe
         if self.clock() - opened_at < self.policy.cooldown_s:
@@ -79,6 +91,7 @@ class CircuitBreaker:
             if probe:
                 await self.store.delete(self._open_key)
                 await self.store.delete(self._probe_key)
+                self.seen_open_at = None
             return
         if not counts_against_target(exc):
             if probe:  # the probe said nothing about the target: let another one try
@@ -88,10 +101,14 @@ class CircuitBreaker:
         if probe:
             await self.store.set(self._open_key, now)
             await self.store.delete(self._probe_key)
+            self.seen_open_at = now
+            self.opened += 1
             return
         if self._window_failures(now, await self._count_failure(now)) >= \
                 self.policy.failure_threshold:
-            await self.store.set_if_absent(self._open_key, now)
+            if await self.store.set_if_absent(self._open_key, now):
+                self.seen_open_at = now
+                self.opened += 1
 
     async def _count_failure(self, now: float) -> tuple[int, int]:
         window = self.policy.window_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bastion.config import BastionConfig, BulkheadPolicy
+from bastion.observability.pipeline_metrics import PIPELINE_METRICS
 from bastion.pipeline.breaker import BreakerStage, CircuitBreaker
 from bastion.pipeline.bulkhead import Bulkhead, BulkheadStage
 from bastion.pipeline.call import AttemptCall, ChatCall
@@ -45,6 +46,8 @@ class ChatPipeline:
             [BreakerStage(self.breakers), BulkheadStage(self.bulkheads, target_heads)],
             call_provider,
         )
+        PIPELINE_METRICS.watch(self.breakers.values(),
+                               [*self.bulkheads.values(), *target_heads.values()])
         self.router = Router(config.models, providers, attempt, seed=seed)
         self.handle: Handler[ChatCall, Any] = compose([DeadlineStage()], self.router)
 

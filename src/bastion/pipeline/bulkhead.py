@@ -9,6 +9,7 @@ Concurrency is a property of this process's connections, so this state is delibe
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from bastion.config import BulkheadPolicy
@@ -19,7 +20,8 @@ from bastion.pipeline.stream import TargetStream
 
 
 class Bulkhead:
-    __slots__ = ("_sem", "max_concurrency", "max_wait_s", "name", "rejected", "waiting")
+    __slots__ = ("_sem", "max_concurrency", "max_wait_s", "name", "rejected", "waited",
+                 "waited_s", "waiting", "__weakref__")
 
     def __init__(self, name: str, policy: BulkheadPolicy) -> None:
         self.name = name
@@ -28,6 +30,9 @@ class Bulkhead:
         self._sem = asyncio.Semaphore(policy.max_concurrency)
         self.waiting = 0
         self.rejected = 0
+        #: Callers that had to wait for a slot, and their total wait (seconds).
+        self.waited = 0
+        self.waited_s = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -42,6 +47,8 @@ class Bulkhead:
             self.rejected += 1
             raise BulkheadFull(f"{self.name}: all {self.max_concurrency} slots are busy")
         self.waiting += 1
+        self.waited += 1
+        started = time.monotonic()
         try:
             async with asyncio.timeout(wait):
                 await self._sem.acquire()
@@ -52,6 +59,7 @@ class Bulkhead:
             ) from None
         finally:
             self.waiting -= 1
+            self.waited_s += time.monotonic() - started
 
     def release(self) -> None:
         self._sem.release()

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from bastion.config import TargetConfig
-from bastion.domain.context import Attempt
+from bastion.domain.context import Attempt, RequestContext, new_span_id
 from bastion.domain.errors import (
     BastionError,
     BulkheadFull,
@@ -61,12 +61,14 @@ async def try_target(call: ChatCall, target: TargetConfig, provider: Provider,
         if ctx.expired():
             raise DeadlineExceeded("the request deadline was spent before the next attempt")
         started = time.monotonic()
+        span_id = _trace_attempt(ctx)
         try:
             result = await attempt_handler(AttemptCall(call, target, provider, number))
         except DependencyError as exc:
             skipped = isinstance(exc, (BulkheadFull, CircuitOpen))
             ctx.attempts.append(Attempt(target.key, number, exc.code,
-                                        time.monotonic() - started, called=not skipped))
+                                        time.monotonic() - started, called=not skipped,
+                                        start_s=started - ctx.started, span_id=span_id))
             if number == attempts or _no_retry(exc):
                 raise
             delay = backoff_delay(number, target, exc, rng)
@@ -74,6 +76,20 @@ async def try_target(call: ChatCall, target: TargetConfig, provider: Provider,
                 raise
             await asyncio.sleep(delay)
             continue
-        ctx.attempts.append(Attempt(target.key, number, "ok", time.monotonic() - started))
+        ctx.attempts.append(Attempt(target.key, number, "ok", time.monotonic() - started,
+                                    start_s=started - ctx.started, span_id=span_id))
         return result
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+
+def _trace_attempt(ctx: RequestContext) -> str | None:
+    """The attempt's span id when the request is traced, and the ``traceparent`` it sends
+    upstream: the attempt's own span when bastion traces the request; the caller's, unchanged,
+    when only the caller does; none when nobody does."""
+    if ctx.span_id is not None:
+        span_id = new_span_id()
+        ctx.upstream_traceparent = f"00-{ctx.trace_id}-{span_id}-{ctx.trace_flags}"
+        return span_id
+    if ctx.trace_id is not None:
+        ctx.upstream_traceparent = f"00-{ctx.trace_id}-{ctx.parent_span_id}-{ctx.trace_flags}"
+    return None

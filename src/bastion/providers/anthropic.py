@@ -80,7 +80,10 @@ class AnthropicProvider:
 
     @staticmethod
     def _call_headers(ctx: RequestContext) -> dict[str, str]:
-        return {"x-request-id": ctx.request_id}
+        headers = {"x-request-id": ctx.request_id}
+        if ctx.upstream_traceparent is not None:
+            headers["traceparent"] = ctx.upstream_traceparent
+        return headers
 
     def _body(self, request: ChatRequest, model: str, *, stream: bool) -> bytes:
         """The Anthropic request. A chat request this upstream cannot express (a legacy

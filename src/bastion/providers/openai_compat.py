@@ -66,7 +66,11 @@ class OpenAICompatibleProvider:
 
     async def _send(self, method: str, path: str, body: bytes, timeout: CallTimeout,
                     ctx: RequestContext | None = None) -> Response:
-        headers = {"x-request-id": ctx.request_id} if ctx is not None else None
+        headers = None
+        if ctx is not None:
+            headers = {"x-request-id": ctx.request_id}
+            if ctx.upstream_traceparent is not None:
+                headers["traceparent"] = ctx.upstream_traceparent
         return await self.pool.request(method, path, body, headers=headers,
                                        connect_timeout=timeout.connect_s)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bastion.config import BastionConfig, Price
 from bastion.domain.context import RequestContext
-from bastion.domain.errors import BastionError
+from bastion.domain.errors import BastionError, outcome_of
 from bastion.domain.usage import UsageRow
 from bastion.observability.metrics import ADMISSION_REFUSALS, cache_result_counter
 from bastion.pipeline.admission.budget import BudgetGuard, BudgetHold
@@ -118,14 +118,6 @@ def _total_tokens(usage: dict[str, Any] | None) -> int:
         return 0
     return int(usage.get("total_tokens") or (usage.get("prompt_tokens", 0) +
                                              usage.get("completion_tokens", 0)))
-
-
-def outcome_of(error: BaseException | None) -> str:
-    if error is None:
-        return "ok"
-    if isinstance(error, BastionError):
-        return error.code
-    return "cancelled" if not isinstance(error, Exception) else "internal_error"
 
 
 def usage_row(ctx: RequestContext, alias: str, error: BaseException | None) -> UsageRow:

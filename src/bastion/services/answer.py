@@ -18,6 +18,7 @@ sources do not say.
 
 from __future__ import annotations
 
+import time
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -150,7 +151,9 @@ class AnswerService:
                      ctx: RequestContext) -> AnswerResult:
         question = normalize_question(query.question, self.config.max_question_chars)
         flags = AnswerFlags()
+        started = time.monotonic()
         hits = await self._retrieve(scope, question, flags)
+        ctx.add_stage("retrieval", started, flags.reason or "ok")
         retrieved = [(h.chunk_id, h.score) for h in hits]
         ctx.retrieved = retrieved
         if not hits or not self._relevant(hits):
@@ -168,7 +171,9 @@ class AnswerService:
         in_prompt = [h.chunk_id for h in context]
         if self.config.model is None:
             flags.extractive = True
+            started = time.monotonic()
             result = self._extractive(question, context, flags)
+            ctx.add_stage("extractive", started)
         else:
             result = await self._generate(question, context, ctx, flags)
         result.retrieved, result.in_prompt = retrieved, in_prompt

@@ -84,23 +84,29 @@ class ResponseCache:
         if "no-cache" in directives:
             ctx.cache = "bypass"
         else:
+            # The ``cache`` stage: the lookup, and any wait for another request's answer.
+            started = time.monotonic()
             entry = await self.store.get(key)
             if entry is not None and self.clock() - entry["at"] < ttl:
                 self.hits += 1
                 ctx.cache = "hit"
+                ctx.add_stage("cache", started, "hit")
                 return entry["response"]  # type: ignore[no-any-return]
             leader = self._inflight.get(key)
             if leader is not None:
                 followed = await self._follow(leader, key, ctx)
                 if followed is not None:
+                    ctx.add_stage("cache", started, ctx.cache or "hit")
                     return followed
             elif self.store.shared:
                 outcome = await self._shared_flight(key, ttl, ctx)
                 if isinstance(outcome, dict):
+                    ctx.add_stage("cache", started, "hit")
                     return outcome
                 flight = outcome
             ctx.cache = "miss"
             self.misses += 1
+            ctx.add_stage("cache", started, "miss")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:

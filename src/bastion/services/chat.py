@@ -8,13 +8,14 @@ the response headers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.domain.chat import ChatRequest, EmbeddingsRequest, completion_to_chunks
 from bastion.domain.context import RequestContext
-from bastion.domain.errors import ClientClosedRequest, DeadlineExceeded
+from bastion.domain.errors import ClientClosedRequest, DeadlineExceeded, outcome_of
 from bastion.pipeline.builder import ChatPipeline
 from bastion.pipeline.call import ChatCall
 from bastion.pipeline.contract import OutputContract
@@ -64,6 +65,8 @@ class ChatStreamResult:
     counts_usage: bool = True
     on_finish: list[Finish] = field(default_factory=list)
     _finished: bool = False
+    #: When the stream was handed out (``time.monotonic()``): the ``stream`` stage's start.
+    _opened: float = field(default_factory=time.monotonic)
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         watchdog = Watchdog(deadline=self.ctx.deadline)
@@ -80,6 +83,8 @@ class ChatStreamResult:
                         raise
                     raise DeadlineExceeded("the request deadline was exceeded mid-stream") \
                         from None
+                if self.ctx.first_token_s is None and chunk.get("choices"):
+                    self.ctx.first_token()
                 usage = chunk.get("usage")
                 if usage:
                     self.usage = usage
@@ -111,6 +116,7 @@ class ChatStreamResult:
         if self._finished:
             return
         self._finished = True
+        self.ctx.add_stage("stream", self._opened, outcome_of(outcome))
         for fn in self.on_finish:
             await fn(outcome)
 
@@ -126,8 +132,13 @@ class ChatService:
         if contract is None:
             contract = OutputContract.for_request(request)
         call = ChatCall(ctx, request, request.model, "chat", contract)
-        response = await self.pipeline.handle(call)
+        response = await self._route(call)
         return ChatResult(response, ctx, call.validated)
+
+    async def _route(self, call: ChatCall) -> Any:
+        """The pipeline, recorded as the request's ``route`` stage (its attempts, retries,
+        fallbacks and contract checks happen inside it)."""
+        return await call.ctx.staged("route", self.pipeline.handle(call))
 
     async def stream(self, request: ChatRequest, ctx: RequestContext) -> ChatStreamResult:
         include = bool(request.stream_options and request.stream_options.include_usage)
@@ -138,11 +149,11 @@ class ChatService:
             result = await self.complete(request, ctx, contract=contract)
             return ChatStreamResult(_replay(result.response, ctx), ctx, include,
                                     counts_usage=False)
-        stream = await self.pipeline.handle(ChatCall(ctx, request, request.model, "stream"))
+        stream = await self._route(ChatCall(ctx, request, request.model, "stream"))
         return ChatStreamResult(stream, ctx, include)
 
     async def embeddings(self, request: EmbeddingsRequest, ctx: RequestContext) -> dict[str, Any]:
-        return await self.pipeline.handle(ChatCall(ctx, request, request.model, "embeddings"))
+        return await self._route(ChatCall(ctx, request, request.model, "embeddings"))  # type: ignore[no-any-return]
 
 
 def _replay(response: dict[str, Any], ctx: RequestContext) -> TargetStream:

@@ -10,6 +10,7 @@ logs) and counted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,12 +25,19 @@ from bastion.pipeline.contract.repair import repair_request, summarize
 Retry = Callable[[ChatCall], Awaitable[Any]]
 
 
-def _record(call: ChatCall, target: TargetConfig, phase: str, checked: Checked) -> None:
-    call.ctx.contract_steps.append(ContractStep(
-        target.key, phase, checked.ok, tuple(str(v) for v in checked.violations)))
+def _check(call: ChatCall, contract: OutputContract, target: TargetConfig, phase: str,
+           response: dict[str, Any]) -> Checked:
+    """Check ``response``, and record and count the verdict."""
+    started = time.monotonic()
+    checked = contract.check(response)
+    ctx = call.ctx
+    ctx.contract_steps.append(ContractStep(
+        target.key, phase, checked.ok, tuple(str(v) for v in checked.violations),
+        start_s=started - ctx.started, duration_s=time.monotonic() - started))
     CONTRACT_CHECKS.labels(phase, "valid" if checked.ok else "invalid").inc()
     for violation in checked.violations:
         CONTRACT_VIOLATIONS.labels(violation.kind).inc()
+    return checked
 
 
 async def enforce(call: ChatCall, target: TargetConfig, response: dict[str, Any],
@@ -38,14 +46,12 @@ async def enforce(call: ChatCall, target: TargetConfig, response: dict[str, Any]
 
     ``call_target`` runs one chat call against the same target (with its retries)."""
     contract: OutputContract = call.contract  # type: ignore[assignment]
-    checked = contract.check(response)
-    _record(call, target, "first", checked)
+    checked = _check(call, contract, target, "first", response)
     if checked.ok:
         return checked.response, checked.value  # type: ignore[return-value]
     repair = ChatCall(call.ctx, repair_request(call.request, response, checked.violations),
                       call.alias, "chat", contract)
-    repaired = contract.check(await call_target(repair))
-    _record(call, target, "repair", repaired)
+    repaired = _check(call, contract, target, "repair", await call_target(repair))
     if repaired.ok:
         return repaired.response, repaired.value  # type: ignore[return-value]
     raise ContractViolation(f"{target.key}: {summarize(repaired.violations)}",
