@@ -56,7 +56,11 @@ LUA = BENCH_DIR / "post.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 CHAT_PATH = "/v1/chat/completions"
-TARGETS = ("mock", "passthrough", "bastion")
+TARGETS = ("mock", "passthrough", "bastion", "bastion-unobserved")
+#: What ``bastion-unobserved`` turns off: the per-request log event (log level warning) and
+#: the request journal. Prometheus metrics stay (they cannot be turned off); issue 6 bounds
+#: what observability at its defaults costs, and this target measures exactly that.
+UNOBSERVED_CONFIG = "observability: {journal: {enabled: false}}\n"
 
 BASTION_CONFIG = """\
 version: 1
@@ -162,6 +166,7 @@ class Server:
     ready_path: str
     log_path: Path
     proc: subprocess.Popen | None = None
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -173,7 +178,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=REPO)
+                                         cwd=REPO, env={**os.environ, **(self.env or {})})
 
     def wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
@@ -380,7 +385,21 @@ def markdown(results: list[Result], scenario: str) -> str:
     rows.append("")
     rows.append(f"bastion overhead ratio ({scenario}) = bastion CPU ms/{per} / passthrough "
                 f"CPU ms/{per} = " + (f"**{x:.2f}**" if x is not None else "n/a"))
+    seen = observability_share(results, scenario)
+    if seen is not None:
+        rows.append(f"cost of observability ({scenario}) = (bastion - bastion-unobserved) / "
+                    f"bastion CPU ms/{per} = **{seen:.1%}**")
     return "\n".join(rows)
+
+
+def observability_share(results: list[Result], scenario: str) -> float | None:
+    """The share of bastion's CPU per request that its default observability (request log
+    event, journal) costs, from the two bastion targets of the same run."""
+    by = {r.target: r for r in results if r.scenario == scenario}
+    b, u = by.get("bastion"), by.get("bastion-unobserved")
+    if b is None or u is None or not (b.ok and u.ok) or b.cpu_ms_per_req <= 0:
+        return None
+    return (b.cpu_ms_per_req - u.cpu_ms_per_req) / b.cpu_ms_per_req
 
 
 def plot(results: list[Result], scenarios: list[str], path: Path, title: str) -> bool:
@@ -443,6 +462,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of: " + ", ".join(TARGETS) + " (default: all; "
                         "with --quick: passthrough,bastion; the mock always runs as upstream)")
     p.add_argument("--workers", type=int, default=1, help="bastion worker processes")
+    p.add_argument("--unobserved-config", default=UNOBSERVED_CONFIG,
+                   help="config appended for the bastion-unobserved target (to isolate one "
+                        "part of observability)")
+    p.add_argument("--unobserved-log-level", default="warning",
+                   help="BASTION_LOG_LEVEL of the bastion-unobserved target")
     p.add_argument("--bastion", default=str(Path(sys.executable).parent / "bastion"),
                    help="the bastion executable")
     p.add_argument("--max-ratio", type=float, default=None,
@@ -502,14 +526,19 @@ def main(argv: list[str] | None = None) -> int:
             "passthrough", [sys.executable, str(BENCH_DIR / "passthrough_proxy.py"), str(port),
                             f"http://127.0.0.1:{mock_port}"],
             port, "/v1/models", tmp / "passthrough.log")
-    if "bastion" in args.targets:
+    for name in ("bastion", "bastion-unobserved"):
+        if name not in args.targets:
+            continue
         port = free_port()
-        cfg = tmp / "bastion.yaml"
-        cfg.write_text(BASTION_CONFIG.format(mock_port=mock_port, db=tmp / "bastion.db"))
-        servers["bastion"] = Server(
-            "bastion", [args.bastion, "serve", "--config", str(cfg), "--host", "127.0.0.1",
-                        "--port", str(port), "--workers", str(args.workers)],
-            port, "/health", tmp / "bastion.log")
+        cfg = tmp / f"{name}.yaml"
+        text = BASTION_CONFIG.format(mock_port=mock_port, db=tmp / f"{name}.db")
+        unobserved = name == "bastion-unobserved"
+        cfg.write_text(text + (args.unobserved_config if unobserved else ""))
+        servers[name] = Server(
+            name, [args.bastion, "serve", "--config", str(cfg), "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", str(args.workers)],
+            port, "/health", tmp / f"{name}.log",
+            env={"BASTION_LOG_LEVEL": args.unobserved_log_level} if unobserved else None)
 
     started = datetime.now(UTC)
     print(f"# bastion benchmark {started:%Y-%m-%d %H:%M:%S} UTC\n")
@@ -574,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     ratios = {sc: ratio(results, sc) for sc in args.scenarios}
+    shares = {sc: observability_share(results, sc) for sc in args.scenarios}
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     doc = {
         "command": command, "started": started.isoformat(), "host": {
@@ -588,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         if "bastion" in servers else None,
         "results": [asdict(r) for r in results],
         "all_rounds": [asdict(r) for r in all_rounds],
-        "overhead_ratio": ratios, "server_logs": logs,
+        "overhead_ratio": ratios, "observability_share": shares, "server_logs": logs,
     }
     if not args.no_save:
         args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -154,3 +154,30 @@ def test_the_redaction_step_blanks_content_fields_and_masks_credentials() -> Non
     line = mask_secrets(json.dumps(out).encode()).decode()
     assert SECRET_KEY not in line and "abcdefghijkl" not in line
     assert json.loads(line)["note"].startswith("failed with key ")
+
+
+def test_completion_events_use_no_content_or_credential_names_at_any_depth() -> None:
+    """The per-request event skips the field-name redaction walk (it is built from metadata
+    keys only); this holds it to that for a request that filled every optional part."""
+    from bastion.domain.context import Attempt, ContractStep, RequestContext
+    from bastion.observability.logging import REDACTED_FIELDS, completion_fields
+
+    ctx = RequestContext.create(budget_s=5)
+    ctx.attempts.append(Attempt("p/m", 1, "upstream_timeout", 0.1, start_s=0.01, span_id="a"))
+    ctx.contract_steps.append(ContractStep("p/m", "first", False, ("x",)))
+    ctx.retrieved = [("c1", 0.5)]
+    ctx.usage = {"prompt_tokens": 1, "completion_tokens": 2}
+    ctx.first_token_s = 0.2
+    ctx.trace_id = "0" * 31 + "1"
+    ctx.add_stage("route", ctx.started)
+    fields = completion_fields(ctx, method="POST", path="/v1/x", status=200, error=None)
+
+    def keys(value: Any) -> set[str]:
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, (list, tuple)):
+            return {k for v in value for k in keys(v)}
+        return set()
+
+    assert {"contract_steps", "ttft_ms", "trace_id", "retrieved", "stages"} <= set(fields)
+    assert not {k.lower() for k in keys(fields)} & REDACTED_FIELDS

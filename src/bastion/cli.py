@@ -12,6 +12,7 @@ import typer
 from bastion.cli_admin import keys_app, tenants_app
 from bastion.cli_eval import eval_app
 from bastion.cli_ingest import ingest as ingest_command
+from bastion.cli_trace import trace as trace_command
 from bastion.cli_usage import usage as usage_command
 from bastion.config import BastionConfig, ConfigError, LocalProviderConfig, load_config
 from bastion.state import WORKERS_ENV, hot_in_sqlite
@@ -122,6 +123,7 @@ def _security_notice(cfg: BastionConfig, host: str, workers: int = 1) -> str:
 
 
 app.command("usage")(usage_command)
+app.command("trace")(trace_command)
 app.command("ingest")(ingest_command)
 
 

@@ -25,6 +25,9 @@ from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.domain.retrieval import AccessScope
 from bastion.domain.rules import RuleSpec
 from bastion.domain.tokens import estimate_prompt_tokens, estimate_text_tokens
+from bastion.observability.content_log import ContentLog
+from bastion.observability.journal import RequestJournal
+from bastion.observability.tracing import build_tracer
 from bastion.pipeline.builder import ChatPipeline
 from bastion.pipeline.contract import OutputContract, RuleContext
 from bastion.providers.base import Provider
@@ -102,7 +105,8 @@ class Gateway:
         """``store`` replaces the hot-state store (tests share one between gateways)."""
         self.loaded = loaded
         self.config = loaded.config
-        self.stores = build_stores(self.config.state, hot=store)
+        self.stores = build_stores(self.config.state, hot=store,
+                                   journal=self.config.observability.journal)
         self.store: KeyValueStore = self.stores.hot
         self.providers: dict[str, Provider] = providers if providers is not None else {
             name: build_provider(name, cfg) for name, cfg in self.config.providers.items()
@@ -114,6 +118,8 @@ class Gateway:
             compile_tasks(self.config, self.prompts, loaded.source), self.chat_service)
         self.identity = IdentityService(self.stores.identity)
         self.ledger = UsageLedger(self.stores.ledger, self.config.ledger)
+        self.journal = RequestJournal(self.stores.journal, self.config.observability.journal)
+        self.content_log = ContentLog(self.config.observability.content_logging)
         self.admission = AdmissionService(self.config, self.store, self.stores.durable,
                                           self.ledger)
         self.cache = ResponseCache(self.store, self.config.cache)
@@ -132,6 +138,8 @@ class Gateway:
             _answer_template(self.prompts, self.config.answer.prompt, loaded.source),
             self.embedder.count_tokens)
         # -- end retrieval
+        #: None unless an OTLP endpoint is configured (then OpenTelemetry is imported).
+        self.tracer = build_tracer(self.config.observability.tracing)
         self._started = False
 
     @classmethod
@@ -154,6 +162,7 @@ class Gateway:
                 await provider.aclose()
             raise
         await self.ledger.start()
+        await self.journal.start()
         if self.config.retrieval.enabled:
             await self.index.start()
         self._started = True
@@ -164,9 +173,12 @@ class Gateway:
             for provider in self.providers.values():
                 await provider.aclose()
             await self.ledger.aclose()
+            await self.journal.aclose()
             await self.index.aclose()
             self.embedder.close()
         finally:
+            if self.tracer is not None:
+                await self.tracer.aclose()  # flushes the spans still queued
             await self.stores.aclose()
             self._started = False
 
@@ -237,8 +249,11 @@ class Gateway:
         async def run() -> AnswerResult:
             return await self.answer_service.answer(answered, scope, ctx)
 
-        return await self._admitted(ctx, settings.model or "extractive", prompt_tokens,
-                                    settings.max_tokens if settings.model else 0, run)
+        result = await self._admitted(ctx, settings.model or "extractive", prompt_tokens,
+                                      settings.max_tokens if settings.model else 0, run)
+        if self.content_log.on:
+            self.content_log.record(ctx, query.question, result.answer)
+        return result
 
     async def ingest_document(self, ctx: RequestContext, **document: Any) -> IngestResult:
         """``IngestService.ingest`` for ``ctx``'s tenant, through admission, since embedding a
@@ -278,6 +293,9 @@ class Gateway:
 
         response = await self._admitted(ctx, chat.model, estimate_prompt_tokens(chat),
                                         chat.output_token_limit, run)
+        if self.content_log.on:
+            self.content_log.record(ctx, chat.model_dump(include={"messages"})["messages"],
+                                    [c.get("message") for c in response.get("choices", [])])
         return ChatResult(response, ctx, value[0])
 
     async def chat_stream(self, request: ChatRequest | dict[str, Any],
@@ -337,7 +355,11 @@ class Gateway:
 
         tokens = estimate_text_tokens(task_input) + estimate_text_tokens(
             [m.source for m in task.template.messages])
-        return await self._admitted(ctx, task.config.model, tokens, task.config.max_tokens, run)
+        result = await self._admitted(ctx, task.config.model, tokens, task.config.max_tokens,
+                                      run)
+        if self.content_log.on:
+            self.content_log.record(ctx, task_input, result.output)
+        return result
 
     async def embeddings(self, request: EmbeddingsRequest | dict[str, Any],
                          ctx: RequestContext | None = None) -> dict[str, Any]:

@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.config import StateConfig
+from bastion.config import JournalConfig, StateConfig
 from bastion.stores.base import KeyValueStore
 from bastion.stores.identity import IdentityStore, MemoryIdentityStore, SqliteIdentityStore
+from bastion.stores.journal import JournalStore, MemoryJournalStore, SqliteJournalStore
 from bastion.stores.ledger import LedgerStore, MemoryLedgerStore, SqliteLedgerStore
 from bastion.stores.memory import MemoryStore
 from bastion.stores.sqlite import SqliteStore
@@ -44,12 +45,13 @@ class Stores:
     durable: KeyValueStore
     identity: IdentityStore
     ledger: LedgerStore
+    journal: JournalStore
     #: The SQLite file, or None when everything is in memory.
     path: str | None
 
     async def aclose(self) -> None:
         closed: set[int] = set()
-        for store in (self.hot, self.durable, self.identity, self.ledger):
+        for store in (self.hot, self.durable, self.identity, self.ledger, self.journal):
             if id(store) not in closed:
                 closed.add(id(store))
                 await store.aclose()
@@ -62,14 +64,15 @@ class Stores:
 
 
 def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None,
-                 workers: int | None = None) -> Stores:
+                 workers: int | None = None, journal: JournalConfig | None = None) -> Stores:
     """The stores for ``config``; ``workers`` (default: from ``BASTION_WORKERS``) decides
-    where ``hot: auto`` puts hot state."""
+    where ``hot: auto`` puts hot state; ``journal`` sizes the request journal."""
+    journal = journal or JournalConfig()
     path = config.sqlite_path
     if path is None:
         durable: KeyValueStore = MemoryStore()
         return Stores(hot or MemoryStore(), durable, MemoryIdentityStore(),
-                      MemoryLedgerStore(), None)
+                      MemoryLedgerStore(), MemoryJournalStore(journal.recent), None)
     Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     resolved = str(Path(path).expanduser())
     durable = SqliteStore(resolved)
@@ -77,4 +80,4 @@ def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None,
         shared = hot_in_sqlite(config, served_workers() if workers is None else workers)
         hot = durable if shared else MemoryStore()
     return Stores(hot, durable, SqliteIdentityStore(resolved), SqliteLedgerStore(resolved),
-                  resolved)
+                  SqliteJournalStore(resolved, journal.keep), resolved)

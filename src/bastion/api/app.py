@@ -30,35 +30,50 @@ from bastion.api.metrics_routes import metrics
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
 from bastion.api.request import CTX_SCOPE_KEY, request_id_of
 from bastion.api.task_routes import list_tasks, run_task
+from bastion.api.traces import export_trace
+from bastion.api.ui_routes import ui_routes
 from bastion.api.usage_routes import authenticated_usage
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
+from bastion.observability.journal import RequestJournal
 from bastion.observability.logging import (
     completion_fields,
     completion_logging,
     configure_logging,
-    emit_completion,
     flush_logs,
+    render_completion,
     take_error,
+    write_completion,
 )
 from bastion.observability.request_metrics import REQUEST_METRICS
 
 CONFIG_ENV = "BASTION_CONFIG"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-#: Probes and scrapes: frequent, and nothing to explain.
+#: Probes, scrapes and the dashboard's own polling: frequent, and nothing to explain.
 _UNLOGGED = frozenset({"/health", "/ready", "/metrics"})
+_UNLOGGED_PREFIX = "/ui"
 
 
-def log_completion(scope: Scope, status: int) -> None:
-    """The request's metrics and its one ``request.completed`` event (metadata only; see
-    ``observability.logging`` and ``observability.request_metrics``)."""
+def log_completion(scope: Scope, status: int, journal: RequestJournal | None = None) -> None:
+    """The request's metrics, its one ``request.completed`` event (metadata only; see
+    ``observability.logging`` and ``observability.request_metrics``), and its journal entry,
+    the same event, for the dashboard and ``bastion trace``."""
     error = take_error()
     ctx = scope.get(CTX_SCOPE_KEY)
     REQUEST_METRICS.record(ctx, error or ("ok" if status < 400 else f"http_{status}"))
-    if completion_logging():
-        emit_completion(completion_fields(ctx, method=scope["method"],
-                                          path=scope["path"], status=status, error=error))
+    if ctx is not None and ctx.span_id is not None:
+        export_trace(scope, ctx, status, error)
+    logging_on = completion_logging()
+    journaled = journal is not None and journal.enabled and ctx is not None
+    if logging_on or journaled:
+        fields = completion_fields(ctx, method=scope["method"], path=scope["path"],
+                                   status=status, error=error)
+        line = render_completion(fields)
+        if logging_on:
+            write_completion(line)
+        if journaled:
+            journal.record(fields, line)  # type: ignore[union-attr]
 
 
 class GatewayApp(Starlette):
@@ -72,9 +87,11 @@ class GatewayApp(Starlette):
     an exact method and path they add nothing. Everything else, and these paths too when the
     app is mounted under a root path, goes through Starlette as usual."""
 
-    def __init__(self, *, direct: Mapping[tuple[str, str], Endpoint], **kwargs: Any) -> None:
+    def __init__(self, *, direct: Mapping[tuple[str, str], Endpoint],
+                 journal: RequestJournal | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._direct = dict(direct)
+        self._journal = journal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,8 +114,9 @@ class GatewayApp(Starlette):
             else:
                 await super().__call__(scope, receive, sent)
         finally:
-            if scope["path"] not in _UNLOGGED:
-                log_completion(scope, status[0])
+            path = scope["path"]
+            if path not in _UNLOGGED and not path.startswith(_UNLOGGED_PREFIX):
+                log_completion(scope, status[0], self._journal)
 
 
 def create_app(gateway: Gateway | None = None, *, config_path: str | None = None,
@@ -147,6 +165,7 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         Route("/v1/answer", answer, methods=["POST"]),
         *document_routes(),
         *admin_routes(),
+        *ui_routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -157,7 +176,7 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         ("POST", "/v1/messages"): create_message,
         ("POST", "/v1/embeddings"): embeddings,
     }
-    app = GatewayApp(direct=direct, routes=routes, lifespan=lifespan,
+    app = GatewayApp(direct=direct, journal=gateway.journal, routes=routes, lifespan=lifespan,
                      exception_handlers={404: not_found, 405: not_found})
     app.state.gateway = gateway
     return app

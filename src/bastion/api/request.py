@@ -6,6 +6,8 @@ Header contract (all optional):
 - ``X-Bastion-Priority``: ``critical``, ``default`` or ``batch``.
 - ``X-Bastion-Simulate``: a JSON fault spec for the simulated provider (tests and demos; see
   ``providers/simulated.py``).
+- ``traceparent``: the caller's W3C trace context; the request joins that trace (see
+  ``api.traces``). Invalid values are ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.requests import Request
 
 from bastion.api.auth import principal_for
 from bastion.api.headers import headers_of
+from bastion.api.traces import join_trace
 from bastion.domain.context import Priority, RequestContext, new_request_id
 from bastion.domain.errors import InvalidRequest, PayloadTooLarge
 from bastion.gateway import Gateway
@@ -112,5 +115,8 @@ async def request_context(request: Request, gateway: Gateway, route: str,
     ctx = context_for(request, gateway, route, request_id)
     ctx.tenant = principal.tenant_id
     ctx.key_id = principal.key_id
-    request.scope[CTX_SCOPE_KEY] = ctx  # for the completion log event
+    traceparent = headers_of(request).get("traceparent")
+    if traceparent is not None or gateway.tracer is not None:
+        join_trace(ctx, traceparent, gateway.tracer)
+    request.scope[CTX_SCOPE_KEY] = ctx  # for the completion log event and the trace
     return ctx

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import Enum
-from collections.abc import Awaitable
 from typing import Any, NamedTuple, TypeVar
 
 from bastion.domain.errors import outcome_of

@@ -104,11 +104,11 @@ class CircuitBreaker:
             self.seen_open_at = now
             self.opened += 1
             return
-        if self._window_failures(now, await self._count_failure(now)) >= \
-                self.policy.failure_threshold:
-            if await self.store.set_if_absent(self._open_key, now):
-                self.seen_open_at = now
-                self.opened += 1
+        failures = self._window_failures(now, await self._count_failure(now))
+        if failures >= self.policy.failure_threshold and \
+                await self.store.set_if_absent(self._open_key, now):
+            self.seen_open_at = now
+            self.opened += 1
 
     async def _count_failure(self, now: float) -> tuple[int, int]:
         window = self.policy.window_s

@@ -20,8 +20,8 @@ from bastion.pipeline.stream import TargetStream
 
 
 class Bulkhead:
-    __slots__ = ("_sem", "max_concurrency", "max_wait_s", "name", "rejected", "waited",
-                 "waited_s", "waiting", "__weakref__")
+    __slots__ = ("__weakref__", "_sem", "max_concurrency", "max_wait_s", "name", "rejected",
+                 "waited", "waited_s", "waiting")
 
     def __init__(self, name: str, policy: BulkheadPolicy) -> None:
         self.name = name

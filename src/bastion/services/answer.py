@@ -18,8 +18,8 @@ sources do not say.
 
 from __future__ import annotations
 
-import time
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from bastion.domain.errors import Conflict, NotFound
 from bastion.domain.identity import ApiKey, KeyRecord, Tenant
+from bastion.stores.sqlite_setup import prepare_wal
 
 T = TypeVar("T")
 
@@ -124,25 +124,6 @@ _KEYS = "SELECT id, tenant_id, name, prefix, created_at, revoked_at FROM api_key
 _BUSY_TIMEOUT_MS = 10_000
 
 
-def _prepare(db: sqlite3.Connection) -> None:
-    # Persistent, a no-op once the file is in WAL; but while another process sets the file up,
-    # the switch can fail with "locked" without waiting on the busy timeout: retry it.
-    for attempt in range(200):
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            break
-        except sqlite3.OperationalError:
-            if attempt == 199:
-                raise
-            time.sleep(0.05)
-    db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes under WAL
-    db.execute("PRAGMA foreign_keys = ON")
-    with db:  # commits, or rolls back on an error
-        db.execute("BEGIN IMMEDIATE")
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            db.execute(statement)
-
-
 def _tenant(row: tuple[Any, ...]) -> Tenant:
     return Tenant(row[0], row[1], row[2], bool(row[3]))
 
@@ -162,7 +143,7 @@ class SqliteIdentityStore:
             db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000,
                                  isolation_level=None)
             try:
-                _prepare(db)
+                prepare_wal(db, _SCHEMA, foreign_keys=True)
             except BaseException:
                 db.close()
                 raise

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from bastion.domain.usage import UsageRow
 from bastion.services.pricing import from_micros, to_micros
+from bastion.stores.sqlite_setup import prepare_wal
 
 T = TypeVar("T")
 
@@ -123,24 +124,6 @@ _GROUP_SQL = {"tenant": "tenant", "route": "route", "target": "target",
               "day": "strftime('%Y-%m-%d', ts, 'unixepoch')"}
 
 
-def _prepare(db: sqlite3.Connection) -> None:
-    # Switching to WAL can fail with "locked" without waiting on the busy timeout while another
-    # process sets the file up: retry it (a no-op once the file is in WAL).
-    for attempt in range(200):
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            break
-        except sqlite3.OperationalError:
-            if attempt == 199:
-                raise
-            time.sleep(0.05)
-    db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes under WAL
-    with db:
-        db.execute("BEGIN IMMEDIATE")
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            db.execute(statement)
-
-
 def _values(row: UsageRow) -> tuple[Any, ...]:
     return (row.request_id, row.ts, row.tenant, row.key_id, row.route, row.alias, row.target,
             row.prompt_tokens, row.completion_tokens, row.cached_tokens,
@@ -161,7 +144,7 @@ class SqliteLedgerStore:
             db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000,
                                  isolation_level=None)
             try:
-                _prepare(db)
+                prepare_wal(db, _SCHEMA)
             except BaseException:
                 db.close()
                 raise

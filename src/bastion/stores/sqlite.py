@@ -45,6 +45,7 @@ import orjson
 
 from bastion.stores.base import WindowHit
 from bastion.stores.memory import window_counts, window_decide
+from bastion.stores.sqlite_setup import prepare_wal
 
 T = TypeVar("T")
 
@@ -63,28 +64,6 @@ CREATE INDEX IF NOT EXISTS kv_leases_expires ON kv_leases(expires_at);
 _BUSY_TIMEOUT_MS = 10_000
 _SWEEP_INTERVAL_S = 60.0
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
-
-
-def _prepare(db: sqlite3.Connection) -> None:
-    # Persistent, a no-op once the file is in WAL; but while another process sets the file up,
-    # the switch can fail with "locked" without waiting on the busy timeout: retry it.
-    for attempt in range(200):
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            break
-        except sqlite3.OperationalError:
-            if attempt == 199:
-                raise
-            time.sleep(0.05)
-    db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes under WAL
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            db.execute(statement)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def _expiry(now: float, ttl_s: float | None) -> float | None:
@@ -148,7 +127,7 @@ class SqliteStore:
             db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000,
                                  isolation_level=None)
             try:
-                _prepare(db)
+                prepare_wal(db, _SCHEMA)
             except BaseException:
                 db.close()
                 raise

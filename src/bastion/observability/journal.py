@@ -1,0 +1,120 @@
+"""The request journal: every finished request's metadata, kept for the dashboard and for
+``bastion trace``.
+
+An entry is the request's ``request.completed`` event (the same masked JSON line the log gets,
+rendered once for both) plus the few columns the dashboard filters on. Recording is on the
+request path, so it only appends to a list; a timer writes what gathered to the store every
+``flush_interval_s`` in one batch, on the store's own thread. The journal is a diagnostic
+record, not an account (the usage ledger is that): when the store falls behind by more than
+``MAX_PENDING`` entries the oldest are dropped and counted rather than held without bound,
+and a write that fails is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from bastion.config import JournalConfig
+from bastion.observability.slo import summarize
+from bastion.stores.journal import JournalEntry, JournalStore
+
+log = logging.getLogger("bastion.journal")
+
+#: Entries waiting for the store beyond this are dropped, oldest first.
+MAX_PENDING = 50_000
+#: Entries a summary reads at most (the newest): bounds its cost under heavy traffic.
+SUMMARY_LIMIT = 200_000
+
+
+def entry_of(fields: dict[str, Any], event: bytes) -> JournalEntry:
+    """The journal entry of one request's completion fields (``completion_fields``)."""
+    return JournalEntry(
+        fields["request_id"], fields["ts"], fields["tenant"], fields["route"],
+        fields["outcome"], fields["status"], fields["latency_ms"], fields.get("ttft_ms"),
+        fields["fallback"], fields["cache"], fields["cost_usd"], event)
+
+
+def event_of(entry: JournalEntry) -> dict[str, Any]:
+    """The stored event as a dict, minus the log's own envelope."""
+    event: dict[str, Any] = orjson.loads(entry.event)
+    for key in ("event", "level", "timestamp"):
+        event.pop(key, None)
+    return event
+
+
+class RequestJournal:
+    def __init__(self, store: JournalStore, config: JournalConfig) -> None:
+        self.store = store
+        self.config = config
+        self.enabled = config.enabled
+        self.dropped = 0
+        self._pending: list[JournalEntry] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # -- the request path
+
+    def record(self, fields: dict[str, Any], event: bytes) -> None:
+        """Keep one finished request (``fields`` from ``completion_fields``, with a request
+        id). Never blocks and never raises for a full queue."""
+        pending = self._pending
+        pending.append(entry_of(fields, event))
+        if len(pending) > MAX_PENDING:
+            excess = len(pending) - MAX_PENDING
+            del pending[:excess]
+            self.dropped += excess
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        if self.enabled and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._writer(), name="bastion-request-journal")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything recorded so far."""
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await self.store.write_many(batch)
+            except Exception as exc:  # noqa: BLE001 - a diagnostic record: log, count, go on
+                self.dropped += len(batch)
+                log.warning("request journal write failed", extra={
+                    "entries": len(batch), "error": type(exc).__name__})
+
+    async def _writer(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_interval_s)
+            await self.flush()
+
+    # -- reading (the dashboard, ``bastion trace``)
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        await self.flush()
+        entry = await self.store.get(request_id)
+        return None if entry is None else event_of(entry)
+
+    async def recent(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+        await self.flush()
+        return [event_of(e) for e in await self.store.recent(limit, **filters)]
+
+    async def summary(self, window_s: float, now: float, **extra: Any) -> dict[str, Any]:
+        """The SLO view of the requests that started in the last ``window_s`` seconds."""
+        await self.flush()
+        rows = await self.store.since(now - window_s, SUMMARY_LIMIT)
+        return summarize(rows, window_s=window_s, now=now, truncated=len(rows) >= SUMMARY_LIMIT,
+                         **extra)
