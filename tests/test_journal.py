@@ -234,3 +234,50 @@ def test_bad_listing_parameters_are_400s() -> None:
                              {"before": "-1"})]
     assert [r.status_code for r in answers] == [400, 400, 400, 400]
     assert {r.json()["error"]["param"] for r in answers} == {"limit", "before"}
+
+
+async def test_entries_are_written_in_bounded_batches_without_waiting_for_the_timer(
+        tmp_path: Path) -> None:
+    from bastion.observability.journal import BATCH
+
+    class Counting(MemoryJournalStore):
+        sizes: list[int] = []
+
+        async def write_many(self, entries: object) -> None:
+            self.sizes.append(len(entries))  # type: ignore[arg-type]
+            await super().write_many(entries)  # type: ignore[arg-type]
+
+    store = Counting(10_000)
+    journal = RequestJournal(store, JournalConfig(flush_interval_s=60))
+    await journal.start()
+    fields = {"request_id": "r", "ts": 1.0, "tenant": "t", "route": "chat", "outcome": "ok",
+              "status": 200, "latency_ms": 1.0, "fallback": False, "cache": None,
+              "cost_usd": 0.0}
+    for _ in range(BATCH):
+        journal.record(fields, b"{}")
+    for _ in range(100):  # a full batch goes out long before the 60 s timer
+        if store.sizes:
+            break
+        await asyncio.sleep(0.01)
+    assert store.sizes == [BATCH]
+    for _ in range(2 * BATCH + 5):
+        journal.record(fields, b"{}")
+    await journal.aclose()
+    assert sum(store.sizes) == 3 * BATCH + 5 and max(store.sizes) == BATCH
+
+
+async def test_a_state_file_from_the_older_layout_starts_a_fresh_journal(
+        tmp_path: Path) -> None:
+    import sqlite3
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE journal_batches (id INTEGER PRIMARY KEY, first_ts REAL, "
+                   "last_ts REAL, entries INTEGER, events BLOB, columns BLOB)")
+        db.execute("INSERT INTO journal_batches VALUES (1, 1.0, 1.0, 1, x'00', x'00')")
+    store = SqliteJournalStore(str(path), keep=100)
+    try:
+        await store.write_many([entry(1, 1000.0)])
+        assert [e.request_id for e in await store.recent(10)] == ["req_1"]
+        assert (await store.get("req_1")) is not None
+    finally:
+        await store.aclose()
