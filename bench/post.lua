@@ -1,28 +1,81 @@
 -- wrk script: POST a small chat completion body as JSON.
---   wrk ... -s bench/post.lua URL                 plain request
---   wrk ... -s bench/post.lua URL -- stream       the same body with "stream": true
--- temperature 0.7: a sampled request, so the response cache (deterministic requests only) does
--- not answer it and every request reaches the upstream, as most chat traffic does.
+--   wrk ... -s bench/post.lua URL                         plain request, always the same body
+--   wrk ... -s bench/post.lua URL -- stream               the same body with "stream": true
+--   wrk ... -s bench/post.lua URL -- unique NONCE         deterministic (temperature 0) and
+--                                                         unique per request: a cache lookup
+--                                                         that misses, every time
+--   (the words combine: -- stream unique NONCE)
+-- BENCH_KEYS_FILE=path (one API key per line) sends "Authorization: Bearer <key>", the keys
+-- taken in turn, request by request; BENCH_HEADERS="name: value; name: value" adds headers.
+-- Without "unique", temperature 0.7: a sampled request, so the response cache (deterministic
+-- requests only) passes it by and every request reaches the upstream.
 -- At the end it prints one line "BENCH_JSON {...}" that bench/run.py parses (exact percentiles
 -- in microseconds instead of wrk's rounded text).
 
-local plain = '{"model":"bench-model","messages":[' ..
+local system = '{"model":"bench-model","messages":[' ..
   '{"role":"system","content":"You are a concise assistant."},' ..
-  '{"role":"user","content":"Say hello to the benchmark in one short sentence."}],' ..
-  '"max_tokens":32,"temperature":0.7}'
-local streamed = '{"model":"bench-model","messages":[' ..
-  '{"role":"system","content":"You are a concise assistant."},' ..
-  '{"role":"user","content":"Say hello to the benchmark in one short sentence."}],' ..
-  '"max_tokens":32,"temperature":0.7,"stream":true,"stream_options":{"include_usage":true}}'
+  '{"role":"user","content":"Say hello to the benchmark in one short sentence.'
+local sampled = '"}],"max_tokens":32,"temperature":0.7'
+local deterministic = '"}],"max_tokens":32,"temperature":0'
+local streaming = ',"stream":true,"stream_options":{"include_usage":true}'
 
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = plain
+local threads = {}
+local stream, unique, nonce = false, false, ""
+local keys = {}
+local counter = 0
+local headers = {["Content-Type"] = "application/json"}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
 
 function init(args)
-  if args[1] == "stream" then
-    wrk.body = streamed
+  local i = 1
+  while i <= #args do
+    if args[i] == "stream" then
+      stream = true
+    elseif args[i] == "unique" then
+      unique = true
+      nonce = args[i + 1] or ""
+      i = i + 1
+    end
+    i = i + 1
   end
+  local path = os.getenv("BENCH_KEYS_FILE")
+  if path and path ~= "" then
+    for line in io.lines(path) do
+      if #line > 0 then keys[#keys + 1] = line end
+    end
+  end
+  local extra = os.getenv("BENCH_HEADERS")
+  if extra and extra ~= "" then
+    for name, value in string.gmatch(extra, "%s*([^:;]+):%s*([^;]*)") do
+      headers[name] = value
+    end
+  end
+  -- Spread the threads over the key list instead of all starting at the first key.
+  counter = ((tid or 1) - 1) * 7919
+end
+
+local function body()
+  local text = system
+  if unique then
+    counter = counter + 1
+    text = text .. " [" .. nonce .. "-" .. (tid or 1) .. "-" .. counter .. "]" .. deterministic
+  else
+    text = text .. sampled
+  end
+  if stream then text = text .. streaming end
+  return text .. "}"
+end
+
+function request()
+  if #keys > 0 then
+    if not unique then counter = counter + 1 end
+    headers["Authorization"] = "Bearer " .. keys[(counter % #keys) + 1]
+  end
+  return wrk.format("POST", nil, headers, body())
 end
 
 function done(summary, latency, requests)

@@ -32,256 +32,59 @@ when ``--max-ratio`` is exceeded or cannot be checked, 2 when a target failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-LUA = BENCH_DIR / "post.lua"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-CHAT_PATH = "/v1/chat/completions"
+from harness import (
+    BASTION_PROFILES,
+    BENCH_DIR,
+    CHAT_PATH,
+    LUA,
+    Server,
+    bastion_config,
+    cpu_seconds,
+    free_port,
+    profile_needs_key,
+    provision_keys,
+    rss_mib,
+    sanity_check,
+)
+
 TARGETS = ("mock", "passthrough", "bastion", "bastion-unobserved")
 #: What ``bastion-unobserved`` turns off: the per-request log event (log level warning) and
 #: the request journal. Prometheus metrics stay (they cannot be turned off); issue 6 bounds
 #: what observability at its defaults costs, and this target measures exactly that.
 UNOBSERVED_CONFIG = "observability: {journal: {enabled: false}}\n"
 
-BASTION_CONFIG = """\
-version: 1
-providers:
-  mock:
-    type: openai
-    base_url: http://127.0.0.1:{mock_port}/v1
-    pool_size: 256
-    bulkhead: {{max_concurrency: 1024, max_wait_s: 1}}
-models:
-  bench-model:
-    targets:
-      - {{provider: mock, model: mock-model, timeout_s: 10, retries: 2}}
-# As the embedded default: durable records (usage ledger, idempotency) in a SQLite file.
-state: {{sqlite_path: "{db}"}}
-"""
 
-# The same bodies as bench/post.lua, for the correctness check before each load run.
-SANITY_BODY = {
-    "model": "bench-model",
-    "messages": [{"role": "system", "content": "You are a concise assistant."},
-                 {"role": "user", "content": "Say hello to the benchmark in one short sentence."}],
-    "max_tokens": 32, "temperature": 0.7,
-}
+# --------------------------------------------------------------------------- load
 
 
-# What bench/mock_upstream.py streams: 20 chunks (role, 18 tokens, finish), usage, [DONE].
-STREAM_TEXT = "".join(f"tok{i} " for i in range(1, 19))
-
-
-# --------------------------------------------------------------------------- /proc
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its live descendants (uvicorn workers, multiprocessing helpers)."""
-    children = _children_map()
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of the tree, plus cutime+cstime (children already exited and reaped), so a
-    worker that dies mid-run keeps counting: its time moves from its own fields to its parent's."""
-    ticks = 0
-    for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
-        ticks += sum(int(x) for x in fields[11:15])
-    return ticks / CLK_TCK
-
-
-def rss_mib(pid: int) -> float:
-    kib = 0
-    for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        kib += int(line.split()[1])
-                        break
-        except OSError:
-            continue
-    return kib / 1024
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    port: int
-    ready_path: str
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    env: dict[str, str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        # Own session and process group: Ctrl-C in the terminal does not hit it, and stop()
-        # can end it together with any workers it forked.
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=REPO, env={**os.environ, **(self.env or {})})
-
-    def wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before it "
-                                   f"was ready\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
-                    if r.status == 200:
-                        return
-                    last = f"HTTP {r.status}"
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s ({last})\n"
-                           f"{self.log_tail()}")
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
-        except OSError:
-            return "(no log)"
-        return "\n".join(f"  | {line}" for line in lines) or "  | (empty log)"
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 12.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The leader may be gone while a worker it forked lingers in the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-# --------------------------------------------------------------------------- checks and load
-
-
-def sanity_check(url: str, stream: bool) -> str | None:
-    """One request before the load: None when the answer is what a client expects, else why."""
-    body = dict(SANITY_BODY)
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    req = urllib.request.Request(url + CHAT_PATH, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            status, ctype, data = r.status, r.headers.get("content-type", ""), r.read()
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}: {exc.read()[:500]!r}"
-    except OSError as exc:
-        return f"request failed: {exc}"
-    if status != 200:
-        return f"HTTP {status}: {data[:500]!r}"
-    if not stream:
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return f"not JSON: {data[:300]!r}"
-        if doc.get("object") != "chat.completion" or not doc.get("choices"):
-            return f"not a chat.completion: {data[:300]!r}"
-        if not doc.get("usage"):
-            return f"chat.completion without usage: {data[:300]!r}"
-        return None
-    if not ctype.startswith("text/event-stream"):
-        return f"stream answered with content-type {ctype!r}: {data[:300]!r}"
-    events = [line[5:].strip() for line in data.decode(errors="replace").splitlines()
-              if line.startswith("data:")]
-    if not events or events[-1] != "[DONE]":
-        return f"stream does not end with data: [DONE] ({len(events)} events): {data[-300:]!r}"
-    try:
-        chunks = [json.loads(e) for e in events[:-1]]
-    except ValueError as exc:
-        return f"an SSE event is not JSON ({exc}): {data[:300]!r}"
-    text = "".join((ch.get("delta") or {}).get("content") or ""
-                   for c in chunks for ch in c.get("choices") or [])
-    if text != STREAM_TEXT:
-        return f"streamed content {text[:120]!r} is not the mock's {STREAM_TEXT[:60]!r}..."
-    if not any(c.get("usage") for c in chunks):
-        return "stream has no usage chunk (stream_options.include_usage was sent)"
-    return None
 
 
 def wrk_cmd(url: str, args: argparse.Namespace, duration: float, stream: bool) -> list[str]:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s",
            "--latency", "--timeout", "10s", "-s", str(LUA), url + CHAT_PATH]
-    return cmd + (["--", "stream"] if stream else [])
+    words = (["stream"] if stream else []) + (
+        # A fresh nonce per run: a later round's requests must not hit an earlier one's entries.
+        ["unique", uuid.uuid4().hex[:12]] if args.profile == "full" else [])
+    return cmd + (["--", *words] if words else [])
 
 
-def run_wrk(cmd: list[str], duration: float) -> dict:
+def run_wrk(cmd: list[str], duration: float, env: dict[str, str] | None = None) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     for line in out.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             return json.loads(line[len("BENCH_JSON "):])
@@ -319,17 +122,21 @@ def best_rounds(rounds: list[Result]) -> list[Result]:
     return list(best.values())
 
 
-def measure(server: Server, mock: Server, scenario: str, args: argparse.Namespace) -> Result:
+def measure(server: Server, mock: Server, scenario: str, args: argparse.Namespace,
+            keys_file: Path | None = None) -> Result:
     stream = scenario == "stream"
     assert server.proc is not None and mock.proc is not None
-    problem = sanity_check(server.url, stream)
+    env = {"BENCH_KEYS_FILE": str(keys_file)} if keys_file is not None else None
+    headers = ({"Authorization": "Bearer " + keys_file.read_text().split()[0]}
+               if keys_file is not None else None)
+    problem = sanity_check(server.url, stream, headers)
     if problem:
         return Result(server.name, scenario, ok=False, error=problem)
     if args.warmup > 0:
-        run_wrk(wrk_cmd(server.url, args, args.warmup, stream), args.warmup)
+        run_wrk(wrk_cmd(server.url, args, args.warmup, stream), args.warmup, env)
     cmd = wrk_cmd(server.url, args, args.duration, stream)
     cpu0, up0 = cpu_seconds(server.proc.pid), cpu_seconds(mock.proc.pid)
-    summary = run_wrk(cmd, args.duration)
+    summary = run_wrk(cmd, args.duration, env)
     cpu1, up1 = cpu_seconds(server.proc.pid), cpu_seconds(mock.proc.pid)
     n = summary["requests"]
     errors = sum(summary["errors"].values())
@@ -462,6 +269,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of: " + ", ".join(TARGETS) + " (default: all; "
                         "with --quick: passthrough,bastion; the mock always runs as upstream)")
     p.add_argument("--workers", type=int, default=1, help="bastion worker processes")
+    p.add_argument("--profile", choices=BASTION_PROFILES, default="full",
+                   help="bastion's config (bench/harness.py): full = API keys, rate limits, "
+                        "budgets, cache lookups (deterministic, unique requests), breaker, "
+                        "retries and a fallback target; minimal = auth off, nothing configured")
     p.add_argument("--unobserved-config", default=UNOBSERVED_CONFIG,
                    help="config appended for the bastion-unobserved target (to isolate one "
                         "part of observability)")
@@ -526,14 +337,19 @@ def main(argv: list[str] | None = None) -> int:
             "passthrough", [sys.executable, str(BENCH_DIR / "passthrough_proxy.py"), str(port),
                             f"http://127.0.0.1:{mock_port}"],
             port, "/v1/models", tmp / "passthrough.log")
+    keys_files: dict[str, Path] = {}
     for name in ("bastion", "bastion-unobserved"):
         if name not in args.targets:
             continue
         port = free_port()
         cfg = tmp / f"{name}.yaml"
-        text = BASTION_CONFIG.format(mock_port=mock_port, db=tmp / f"{name}.db")
+        db = tmp / f"{name}.db"
         unobserved = name == "bastion-unobserved"
-        cfg.write_text(text + (args.unobserved_config if unobserved else ""))
+        cfg.write_text(bastion_config(mock_port, db, args.profile,
+                                      args.unobserved_config if unobserved else ""))
+        if profile_needs_key(args.profile):
+            keys_files[name] = tmp / f"{name}.keys"
+            keys_files[name].write_text("\n".join(provision_keys(db)) + "\n")
         servers[name] = Server(
             name, [args.bastion, "serve", "--config", str(cfg), "--host", "127.0.0.1",
                    "--port", str(port), "--workers", str(args.workers)],
@@ -546,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
           f"(+{args.warmup:g} s warm-up) per target and round; {args.rounds} interleaved "
           f"round(s), each target shows its lowest-CPU round; {os.cpu_count()} CPUs; "
-          f"python {platform.python_version()}; bastion workers: {args.workers}")
+          f"python {platform.python_version()}; bastion workers: {args.workers}; "
+          f"bastion profile: {args.profile}")
     for s in servers.values():
         print(f"  {s.name}: `{shlex.join(s.cmd)}`")
     print(flush=True)
@@ -580,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     print(f"... {scenario} / {name} (round {rnd + 1}/{args.rounds})",
                           file=sys.stderr, flush=True)
-                    res = measure(servers[name], servers["mock"], scenario, args)
+                    res = measure(servers[name], servers["mock"], scenario, args,
+                                  keys_files.get(name))
                     res.round = rnd + 1
                     if not res.ok:
                         failed.add(name)
@@ -614,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             .splitlines()[0:1]},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "servers": {name: s.cmd for name, s in servers.items()},
-        "bastion_config": BASTION_CONFIG.format(mock_port=mock_port, db="bastion.db")
+        "bastion_config": bastion_config(mock_port, "bastion.db", args.profile)
         if "bastion" in servers else None,
         "results": [asdict(r) for r in results],
         "all_rounds": [asdict(r) for r in all_rounds],
