@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,41 @@ def test_concurrent_requests_never_overspend_a_budget(make_live: Any) -> None:
     assert totals == {"tenant default daily": pytest.approx(spent)}
 
 
+def test_a_restart_keeps_what_the_budget_has_spent(tmp_path: Path) -> None:
+    text = config(tmp_path, BUDGET)
+    body = {"model": "fast", "messages": MSG, "max_tokens": 5}
+    for live in run_live(gateway(text)):
+        with httpx.Client(base_url=live.base_url, timeout=10) as http:
+            spent = sum(http.post("/v1/chat/completions", json=body).json()["usage"]
+                        ["total_tokens"] for _ in range(4))
+            # Written behind within a second, without waiting for the shutdown.
+            time.sleep(1.5)
+            durable = live.gateway.stores.durable
+            keys = asyncio.run_coroutine_threadsafe(
+                live.gateway.admission.budgets.spent_usd(live.gateway.context()),
+                live.loop).result(5)
+            day_key = next(iter(live.gateway.admission.budgets._seeded))
+            written = asyncio.run_coroutine_threadsafe(durable.get(day_key),
+                                                       live.loop).result(5)
+    assert keys == {"tenant default daily": pytest.approx(spent)}
+    assert written == spent * 1_000_000
+    for live in run_live(gateway(text)):
+        totals = asyncio.run_coroutine_threadsafe(
+            live.gateway.admission.budgets.spent_usd(live.gateway.context()),
+            live.loop).result(5)
+        with httpx.Client(base_url=live.base_url, timeout=10) as http:
+            # $100 a day at $1 a token: after `spent`, a request whose worst case does not
+            # fit in what is left is refused by the restarted server.
+            big = http.post("/v1/chat/completions",
+                            json={**body, "max_tokens": 101 - spent})
+            after = asyncio.run_coroutine_threadsafe(
+                live.gateway.admission.budgets.spent_usd(live.gateway.context()),
+                live.loop).result(5)
+    assert totals == {"tenant default daily": pytest.approx(spent)}
+    assert big.status_code == 402, big.text
+    assert after == {"tenant default daily": pytest.approx(spent)}
+
+
 def test_a_per_request_ceiling_refuses_before_any_call(make_live: Any) -> None:
     live = make_live(BUDGET + "  tenants: {}\n")
     live.gateway.config.budgets.default.per_request_usd = 5.0
@@ -191,6 +227,21 @@ def cache_count(scraped: str, result: str) -> float:
     prefix = f'bastion_cache_results_total{{result="{result}",route="chat"}} '
     line = next((line for line in scraped.splitlines() if line.startswith(prefix)), None)
     return float(line.removeprefix(prefix)) if line else 0.0
+
+
+def test_the_in_process_cache_keeps_at_most_max_entries_newest_first(make_live: Any) -> None:
+    live = make_live("cache: {max_entries: 3}")
+    bodies = [{"model": "fast", "messages": [{"role": "user", "content": f"q{n}"}],
+               "temperature": 0} for n in range(5)]
+    with httpx.Client(base_url=live.base_url, timeout=10) as http:
+        for body in bodies:
+            assert http.post("/v1/chat/completions", json=body).headers["x-bastion-cache"] \
+                == "miss"
+        again = [http.post("/v1/chat/completions", json=body).headers["x-bastion-cache"]
+                 for body in bodies[::-1]]
+    # q4, q3, q2 are the three kept; q1 and q0 were evicted (and re-stored, evicting others).
+    assert again == ["hit", "hit", "hit", "miss", "miss"]
+    assert live.provider("sim").calls == 7
 
 
 def test_a_stampede_makes_one_upstream_call(make_live: Any) -> None:

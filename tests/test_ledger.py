@@ -292,3 +292,12 @@ async def test_a_restart_sees_every_row_written_before_aclose(tmp_path: Path) ->
         assert total["cost_usd"] == 0.00615  # exact
     finally:
         await again.aclose()
+
+
+async def test_the_in_memory_ledger_keeps_the_newest_rows_and_counts_the_rest() -> None:
+    store = MemoryLedgerStore(keep=5)
+    rows = [row(n) for n in range(8)]
+    await store.write_many(rows[:3])
+    await store.write_many(rows[3:])
+    assert await store.count() == 5 and store.evicted == 3
+    assert list(store.rows) == rows[3:]

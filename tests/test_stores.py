@@ -233,3 +233,15 @@ async def test_two_processes_sharing_the_file_stay_exact(tmp_path: Path) -> None
         assert await store.get("n") == 600
     finally:
         await store.aclose()
+
+
+async def test_a_memory_store_with_a_capacity_evicts_the_oldest_written_values() -> None:
+    store = MemoryStore(capacity=2)
+    await store.set("a", 1)
+    await store.set("b", 2)
+    await store.set("a", 10)  # rewriting a held key evicts nothing
+    assert store.evicted == 0
+    await store.set("c", 3)
+    assert (await store.get("a"), await store.get("b"), await store.get("c")) == (None, 2, 3)
+    assert await store.set_if_absent("d", 4)
+    assert (await store.get("b"), store.evicted) == (None, 2)

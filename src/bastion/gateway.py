@@ -47,6 +47,7 @@ from bastion.services.prompts import PromptLibrary, PromptTemplate, check_variab
 from bastion.services.tasks import TaskResult, TaskService, compile_tasks
 from bastion.state import build_stores
 from bastion.stores.base import KeyValueStore
+from bastion.stores.memory import MemoryStore
 
 
 def invalid_from_validation(exc: ValidationError, prefix: str = "") -> InvalidRequest:
@@ -122,7 +123,11 @@ class Gateway:
         self.content_log = ContentLog(self.config.observability.content_logging)
         self.admission = AdmissionService(self.config, self.store, self.stores.durable,
                                           self.ledger)
-        self.cache = ResponseCache(self.store, self.config.cache)
+        # In this process's memory the cache gets a store of its own, bounded by count; a
+        # shared store keeps entries for their lifetime.
+        cache_store = (self.store if self.store.shared
+                       else MemoryStore(capacity=self.config.cache.max_entries))
+        self.cache = ResponseCache(cache_store, self.config.cache)
         self.idempotency = IdempotencyGuard(self.stores.durable, self.config.idempotency)
         # -- retrieval: documents (ingest) and the index search reads. The index opens at
         # start(); the embedding model loads on first use, so a gateway that never ingests
@@ -162,6 +167,7 @@ class Gateway:
                 await provider.aclose()
             raise
         await self.ledger.start()
+        await self.admission.start()
         await self.journal.start()
         if self.config.retrieval.enabled:
             await self.index.start()
@@ -172,6 +178,7 @@ class Gateway:
         try:
             for provider in self.providers.values():
                 await provider.aclose()
+            await self.admission.aclose()
             await self.ledger.aclose()
             await self.journal.aclose()
             await self.index.aclose()

@@ -39,11 +39,15 @@ SUMMARY_LIMIT = 200_000
 
 
 def entry_of(fields: dict[str, Any], event: bytes) -> JournalEntry:
-    """The journal entry of one request's completion fields (``completion_fields``)."""
+    """The journal entry of one request's completion fields (``completion_fields``).
+
+    The event is copied: orjson returns its output in the buffer it rendered into, 8 KB for a
+    ~700-byte event (tracemalloc: 8.15 MB for 1,000 of them, 0.7 MB for exact copies), and
+    the journal keeps thousands of events for seconds to minutes. The copy costs ~0.1 µs."""
     return JournalEntry(
         fields["request_id"], fields["ts"], fields["tenant"], fields["route"],
         fields["outcome"], fields["status"], fields["latency_ms"], fields.get("ttft_ms"),
-        fields["fallback"], fields["cache"], fields["cost_usd"], event)
+        fields["fallback"], fields["cache"], fields["cost_usd"], bytes(memoryview(event)))
 
 
 def event_of(entry: JournalEntry) -> dict[str, Any]:

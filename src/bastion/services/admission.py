@@ -42,8 +42,9 @@ class AdmissionService:
         self.config = config
         self.shedder = LoadShedder(config.admission)
         self.limiter = RateLimiter(hot, config.limits)
-        # Budgets are money: their running totals live in the durable store.
-        self.budgets = BudgetGuard(durable, config.budgets)
+        # Budgets are money: reserved in the hot store (atomic, shared by the workers), their
+        # totals kept in the durable store (written behind; see ``BudgetGuard``).
+        self.budgets = BudgetGuard(hot, config.budgets, durable=durable)
         self.ledger = ledger
         # The config does not change while it serves: what can be decided once is. A stage
         # with nothing configured (the default: no limits, no budgets, no prices) then costs
@@ -51,6 +52,13 @@ class AdmissionService:
         self._limits_on = self.limiter.configured
         self._budgets_on = self.budgets.configured
         self._worst_prices = {alias: self._worst_price(alias) for alias in config.models}
+
+    async def start(self) -> None:
+        await self.budgets.start()
+
+    async def aclose(self) -> None:
+        """After the last request: the budgets' totals are written to the durable store."""
+        await self.budgets.aclose()
 
     def _worst_price(self, alias: str) -> Price | None:
         spec = self.config.models.get(alias)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -77,13 +78,24 @@ def _null_first(values: tuple[Any, ...]) -> tuple[tuple[bool, str], ...]:
     return tuple((v is not None, "" if v is None else str(v)) for v in values)
 
 
-class MemoryLedgerStore:
-    """For tests and the in-memory state mode: lost on restart, one process only."""
+#: Rows the in-memory ledger keeps (the newest): ~30 MB. A process without a state file that
+#: serves for days must not grow without bound; a deployment that needs every row sets
+#: ``state.sqlite_path``.
+MEMORY_LEDGER_ROWS = 100_000
 
-    def __init__(self) -> None:
-        self.rows: list[UsageRow] = []
+
+class MemoryLedgerStore:
+    """For tests and the in-memory state mode: lost on restart, one process only, and only
+    the newest ``keep`` rows (``evicted`` counts the rest)."""
+
+    def __init__(self, keep: int = MEMORY_LEDGER_ROWS) -> None:
+        self.rows: deque[UsageRow] = deque(maxlen=keep)
+        self.evicted = 0
 
     async def write_many(self, rows: Sequence[UsageRow]) -> None:
+        overflow = len(self.rows) + len(rows) - (self.rows.maxlen or 0)
+        if overflow > 0:
+            self.evicted += min(overflow, len(self.rows) + len(rows))
         self.rows.extend(rows)
 
     async def aggregate(self, group_by: Sequence[str], since: float | None,

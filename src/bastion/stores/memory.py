@@ -67,9 +67,15 @@ def window_decide(now: float, window_s: float, start: float, prev: int, curr: in
 class MemoryStore:
     shared = False
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *,
+                 capacity: int | None = None) -> None:
+        """``capacity`` bounds the values held (``set`` and friends): a new key beyond it
+        evicts the oldest-written one, live or not (``evicted`` counts them). For a cache;
+        never for state that must not be forgotten (budgets, claims)."""
         # Monotonic by default: one process, and no jumps when the wall clock is set.
         self._clock = clock
+        self.capacity = capacity
+        self.evicted = 0
         # key -> (value, expires_at or None).
         self._data: dict[str, tuple[Any, float | None]] = {}
         # key -> ({window start: count} for the current and previous window, expires_at).
@@ -111,14 +117,27 @@ class MemoryStore:
         entry = self._live(key, self._clock())
         return None if entry is None else entry[0]
 
+    def _make_room(self, key: str) -> None:
+        """Before writing ``key``: with a capacity, evict the oldest-written values beyond it
+        (dicts keep insertion order, so the first key is the oldest: O(1))."""
+        data = self._data
+        if key not in data:
+            while len(data) >= self.capacity:  # type: ignore[operator]
+                del data[next(iter(data))]
+                self.evicted += 1
+
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         now = self._tick()
+        if self.capacity is not None:
+            self._make_room(key)
         self._data[key] = (value, self._expiry(now, ttl_s))
 
     async def set_if_absent(self, key: str, value: Any, ttl_s: float | None = None) -> bool:
         now = self._tick()
         if self._live(key, now) is not None:
             return False
+        if self.capacity is not None:
+            self._make_room(key)
         self._data[key] = (value, self._expiry(now, ttl_s))
         return True
 
