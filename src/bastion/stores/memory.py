@@ -15,6 +15,7 @@ calls and the same clock.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -80,8 +81,11 @@ class MemoryStore:
         self._data: dict[str, tuple[Any, float | None]] = {}
         # key -> ({window start: count} for the current and previous window, expires_at).
         self._windows: dict[str, tuple[dict[float, int], float]] = {}
-        # key -> {holder: expires_at}.
+        # key -> {holder: expires_at}, and key -> the earliest of those expiries (a key's
+        # holders are scanned for expired leases only once that time has come, so taking a
+        # slot costs the same with 1,000 holders as with one).
         self._leases: dict[str, dict[str, float]] = {}
+        self._lease_due: dict[str, float] = {}
         self._ops = 0
 
     def _live(self, key: str, now: float) -> tuple[Any, float | None] | None:
@@ -121,9 +125,11 @@ class MemoryStore:
         """Before writing ``key``: with a capacity, evict the oldest-written values beyond it
         (dicts keep insertion order, so the first key is the oldest: O(1))."""
         data = self._data
-        if key not in data:
-            while len(data) >= self.capacity:  # type: ignore[operator]
-                del data[next(iter(data))]
+        if key not in data and len(data) >= self.capacity:  # type: ignore[operator]
+            # A 64th at a time: taking the first key of a dict skips the slots of the keys
+            # deleted before it, so one at a time would cost O(n) per eviction.
+            for old in list(itertools.islice(data, max(1, self.capacity // 64))):  # type: ignore[operator]
+                del data[old]
                 self.evicted += 1
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
@@ -198,10 +204,14 @@ class MemoryStore:
         held = self._leases.get(key)
         if held is None:
             return {}
-        for holder in [h for h, exp in held.items() if exp <= now]:
-            del held[holder]
-        if not held:
-            del self._leases[key]
+        if self._lease_due.get(key, now) <= now:
+            for holder in [h for h, exp in held.items() if exp <= now]:
+                del held[holder]
+            if not held:
+                del self._leases[key]
+                self._lease_due.pop(key, None)
+            else:
+                self._lease_due[key] = min(held.values())
         return held
 
     async def lease_acquire(self, key: str, holder: str, limit: int, ttl_s: float) -> bool:
@@ -211,7 +221,11 @@ class MemoryStore:
         held = self._live_leases(key, now)
         if holder not in held and len(held) >= limit:
             return False
-        self._leases.setdefault(key, held)[holder] = now + ttl_s
+        expires = now + ttl_s
+        self._leases.setdefault(key, held)[holder] = expires
+        due = self._lease_due.get(key)
+        if due is None or expires < due:
+            self._lease_due[key] = expires
         return True
 
     async def lease_release(self, key: str, holder: str) -> None:
@@ -220,11 +234,13 @@ class MemoryStore:
             held.pop(holder, None)
             if not held:
                 del self._leases[key]
+                self._lease_due.pop(key, None)
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
         self._windows.pop(key, None)
         self._leases.pop(key, None)
+        self._lease_due.pop(key, None)
 
     async def ping(self) -> bool:
         return True
@@ -233,6 +249,7 @@ class MemoryStore:
         self._data.clear()
         self._windows.clear()
         self._leases.clear()
+        self._lease_due.clear()
 
     def size(self) -> int:
         """Keys held, live or not yet swept (deliberately not ``__len__``: an empty store must
