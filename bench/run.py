@@ -9,7 +9,10 @@ Starts three servers, each its own process (group) on a free 127.0.0.1 port:
 - ``mock``: ``bench/mock_upstream.py``, the fixed OpenAI upstream (the ceiling);
 - ``passthrough``: ``bench/passthrough_proxy.py``, a ~50-line uvicorn proxy (the floor for a
   Python proxy: no validation, no logic);
-- ``bastion``: ``bastion serve`` with a generated config whose only provider is the mock.
+- ``bastion``: ``bastion serve`` with a generated config whose only provider is the mock;
+- with ``--peers litellm,portkey`` (or naming them in ``--targets``), peer gateways from
+  ``bench/peers.py``, installed on first use into ``bench/.peers/`` and pointed at the same mock:
+  the LiteLLM proxy and the Portkey AI gateway. Not run by default.
 
 Then for each target it drives ``wrk`` (fixed threads/connections/duration, a warm-up run first)
 with ``bench/post.lua`` and reports requests/s, p50/p99 latency, the CPU ms per request of the
@@ -60,8 +63,13 @@ from harness import (
     rss_mib,
     sanity_check,
 )
+from peers import PEERS
+
 
 TARGETS = ("mock", "passthrough", "bastion", "bastion-unobserved")
+#: Peer gateways (bench/peers.py): only when asked for, with --peers or --targets.
+PEER_TARGETS = tuple(PEERS)
+ALL_TARGETS = TARGETS + PEER_TARGETS
 #: What ``bastion-unobserved`` turns off: the per-request log event (log level warning) and
 #: the request journal. Prometheus metrics stay (they cannot be turned off); issue 6 bounds
 #: what observability at its defaults costs, and this target measures exactly that.
@@ -122,14 +130,28 @@ def best_rounds(rounds: list[Result]) -> list[Result]:
     return list(best.values())
 
 
+def bench_headers(headers: dict[str, str]) -> str:
+    """``headers`` as bench/post.lua's BENCH_HEADERS: "name: value; name: value"."""
+    for k, v in headers.items():
+        if any(c in k for c in ":;\r\n") or any(c in v for c in ";\r\n"):
+            raise ValueError(f"header {k!r}: {v!r} cannot be passed in BENCH_HEADERS")
+    return "; ".join(f"{k}: {v}" for k, v in headers.items())
+
+
 def measure(server: Server, mock: Server, scenario: str, args: argparse.Namespace,
-            keys_file: Path | None = None) -> Result:
+            keys_file: Path | None = None, headers: dict[str, str] | None = None) -> Result:
+    """``keys_file``: API keys that post.lua sends in turn (bastion); ``headers``: extra headers
+    on every request (a peer's routing headers), for the sanity check and wrk alike."""
     stream = scenario == "stream"
     assert server.proc is not None and mock.proc is not None
-    env = {"BENCH_KEYS_FILE": str(keys_file)} if keys_file is not None else None
-    headers = ({"Authorization": "Bearer " + keys_file.read_text().split()[0]}
-               if keys_file is not None else None)
-    problem = sanity_check(server.url, stream, headers)
+    env: dict[str, str] = {}
+    check_headers: dict[str, str] = dict(headers or {})
+    if headers:
+        env["BENCH_HEADERS"] = bench_headers(headers)
+    if keys_file is not None:
+        env["BENCH_KEYS_FILE"] = str(keys_file)
+        check_headers["Authorization"] = "Bearer " + keys_file.read_text().split()[0]
+    problem = sanity_check(server.url, stream, check_headers or None)
     if problem:
         return Result(server.name, scenario, ok=False, error=problem)
     if args.warmup > 0:
@@ -192,11 +214,24 @@ def markdown(results: list[Result], scenario: str) -> str:
     rows.append("")
     rows.append(f"bastion overhead ratio ({scenario}) = bastion CPU ms/{per} / passthrough "
                 f"CPU ms/{per} = " + (f"**{x:.2f}**" if x is not None else "n/a"))
+    for name, x in peer_ratios(results, scenario).items():
+        rows.append(f"{name} CPU ms/{per} / passthrough CPU ms/{per} = **{x:.2f}**")
     seen = observability_share(results, scenario)
     if seen is not None:
         rows.append(f"cost of observability ({scenario}) = (bastion - bastion-unobserved) / "
                     f"bastion CPU ms/{per} = **{seen:.1%}**")
     return "\n".join(rows)
+
+
+def peer_ratios(results: list[Result], scenario: str) -> dict[str, float]:
+    """Each peer gateway's CPU per request over the pass-through proxy's (bastion's own ratio
+    is ``ratio``), for the peers that were measured."""
+    by = {r.target: r for r in results if r.scenario == scenario}
+    p = by.get("passthrough")
+    if p is None or not p.ok or p.cpu_ms_per_req <= 0:
+        return {}
+    return {name: by[name].cpu_ms_per_req / p.cpu_ms_per_req
+            for name in PEER_TARGETS if name in by and by[name].ok}
 
 
 def observability_share(results: list[Result], scenario: str) -> float | None:
@@ -221,8 +256,8 @@ def plot(results: list[Result], scenarios: list[str], path: Path, title: str) ->
     for row, scenario in enumerate(scenarios):
         rs = [r for r in results if r.scenario == scenario and r.requests]
         names = [r.target for r in rs]
-        colors = ["#999999" if n == "mock" else "#4c72b0" if n == "passthrough" else "#dd8452"
-                  for n in names]
+        colors = ["#999999" if n == "mock" else "#4c72b0" if n == "passthrough"
+                  else "#55a868" if n in PEER_TARGETS else "#dd8452" for n in names]
         for col, (attr, label) in enumerate((("rps", "per second"),
                                              ("cpu_ms_per_req", "server CPU ms each"))):
             ax = axes[row][col]
@@ -266,8 +301,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "proxy pays its per-event read+write; 0 sends them back to back, so a "
                         "bare proxy reads many per syscall and the ratio looks worse than life")
     p.add_argument("--targets", default=None,
-                   help="comma-separated subset of: " + ", ".join(TARGETS) + " (default: all; "
-                        "with --quick: passthrough,bastion; the mock always runs as upstream)")
+                   help="comma-separated subset of: " + ", ".join(ALL_TARGETS) + " (default: "
+                        + ",".join(TARGETS) + "; with --quick: passthrough,bastion; the mock "
+                        "always runs as upstream)")
+    p.add_argument("--peers", default="",
+                   help="comma-separated peer gateways to append to the targets: "
+                        + ", ".join(PEER_TARGETS) + " (bench/peers.py; installed on first use "
+                        "into bench/.peers/)")
     p.add_argument("--workers", type=int, default=1, help="bastion worker processes")
     p.add_argument("--profile", choices=BASTION_PROFILES, default="full",
                    help="bastion's config (bench/harness.py): full = API keys, rate limits, "
@@ -291,12 +331,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.warmup = 2.0, 1.0
     if args.targets is None:
         args.targets = "passthrough,bastion" if args.quick else ",".join(TARGETS)
+    args.targets += "," + args.peers
     if args.rounds is None:
         args.rounds = 2 if args.quick else 1
     if not 1 <= args.rounds <= 10:
         p.error("rounds must be in [1, 10]")
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.targets) - set(TARGETS)
+    args.targets = list(dict.fromkeys(t.strip() for t in args.targets.split(",") if t.strip()))
+    unknown = set(args.targets) - set(ALL_TARGETS)
     if unknown:
         p.error(f"unknown target(s): {', '.join(sorted(unknown))}")
     if not 1 <= args.threads <= args.connections:
@@ -355,6 +396,26 @@ def main(argv: list[str] | None = None) -> int:
                    "--port", str(port), "--workers", str(args.workers)],
             port, "/health", tmp / f"{name}.log",
             env={"BASTION_LOG_LEVEL": args.unobserved_log_level} if unobserved else None)
+    # Peer gateways: installed on first use; one that cannot be had is reported as failed,
+    # with its reason, and the others are measured all the same.
+    failed_start: dict[str, str] = {}
+    peer_headers: dict[str, dict[str, str]] = {}
+    for name in args.targets:
+        if name not in PEERS:
+            continue
+        peer = PEERS[name]
+        print(f"... {name}: checking the side environment (bench/.peers/{name})",
+              file=sys.stderr, flush=True)
+        try:
+            why = peer.ensure_installed()
+        except Exception as exc:  # an install step that breaks must not take the run down
+            why = f"ensure_installed raised {type(exc).__name__}: {exc}"
+        if why is not None:
+            failed_start[name] = f"{name} unavailable: {why}"
+            print(f"!! {failed_start[name]}\n", file=sys.stderr, flush=True)
+            continue
+        servers[name] = peer.server(mock_port, free_port(), tmp)
+        peer_headers[name] = peer.headers(mock_port)
 
     started = datetime.now(UTC)
     print(f"# bastion benchmark {started:%Y-%m-%d %H:%M:%S} UTC\n")
@@ -366,10 +427,15 @@ def main(argv: list[str] | None = None) -> int:
           f"bastion profile: {args.profile}")
     for s in servers.values():
         print(f"  {s.name}: `{shlex.join(s.cmd)}`")
+        if s.name in peer_headers:
+            # Header names only: a value may be a key.
+            print(f"    {PEERS[s.name].name} {PEERS[s.name].version}, extra headers: "
+                  f"{', '.join(peer_headers[s.name]) or 'none'}")
+    for name, why in failed_start.items():
+        print(f"  {name}: not run ({why})")
     print(flush=True)
 
     all_rounds: list[Result] = []
-    failed_start: dict[str, str] = {}
     try:
         for s in servers.values():
             s.start()
@@ -398,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"... {scenario} / {name} (round {rnd + 1}/{args.rounds})",
                           file=sys.stderr, flush=True)
                     res = measure(servers[name], servers["mock"], scenario, args,
-                                  keys_files.get(name))
+                                  keys_files.get(name), peer_headers.get(name))
                     res.round = rnd + 1
                     if not res.ok:
                         failed.add(name)
@@ -432,11 +498,17 @@ def main(argv: list[str] | None = None) -> int:
             .splitlines()[0:1]},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "servers": {name: s.cmd for name, s in servers.items()},
+        "peers": {name: {"version": PEERS[name].version,
+                         "headers": sorted(peer_headers.get(name, {})),
+                         "unavailable": failed_start.get(name) if name not in servers else None}
+                  for name in args.targets if name in PEERS},
         "bastion_config": bastion_config(mock_port, "bastion.db", args.profile)
         if "bastion" in servers else None,
         "results": [asdict(r) for r in results],
         "all_rounds": [asdict(r) for r in all_rounds],
-        "overhead_ratio": ratios, "observability_share": shares, "server_logs": logs,
+        "overhead_ratio": ratios, "observability_share": shares,
+        "peer_ratios": {sc: peer_ratios(results, sc) for sc in args.scenarios},
+        "server_logs": logs,
     }
     if not args.no_save:
         args.results_dir.mkdir(parents=True, exist_ok=True)
