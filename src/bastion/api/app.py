@@ -36,16 +36,8 @@ from bastion.api.usage_routes import authenticated_usage
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
 from bastion.observability.journal import RequestJournal
-from bastion.observability.logging import (
-    completion_fields,
-    completion_logging,
-    configure_logging,
-    flush_logs,
-    render_completion,
-    take_error,
-    write_completion,
-)
-from bastion.observability.request_metrics import REQUEST_METRICS
+from bastion.observability.completion import flush_completions, record_completion
+from bastion.observability.logging import configure_logging, flush_logs, take_error
 
 CONFIG_ENV = "BASTION_CONFIG"
 
@@ -56,24 +48,14 @@ _UNLOGGED_PREFIX = "/ui"
 
 
 def log_completion(scope: Scope, status: int, journal: RequestJournal | None = None) -> None:
-    """The request's metrics, its one ``request.completed`` event (metadata only; see
-    ``observability.logging`` and ``observability.request_metrics``), and its journal entry,
-    the same event, for the dashboard and ``bastion trace``."""
+    """Note the finished request for its metrics, its one ``request.completed`` event
+    (metadata only; see ``observability.logging``) and its journal entry, which are written a
+    batch at a time (``observability.completion``); its trace is exported now."""
     error = take_error()
     ctx = scope.get(CTX_SCOPE_KEY)
-    REQUEST_METRICS.record(ctx, error or ("ok" if status < 400 else f"http_{status}"))
     if ctx is not None and ctx.span_id is not None:
         export_trace(scope, ctx, status, error)
-    logging_on = completion_logging()
-    journaled = journal is not None and journal.enabled and ctx is not None
-    if logging_on or journaled:
-        fields = completion_fields(ctx, method=scope["method"], path=scope["path"],
-                                   status=status, error=error)
-        line = render_completion(fields)
-        if logging_on:
-            write_completion(line)
-        if journaled:
-            journal.record(fields, line)  # type: ignore[union-attr]
+    record_completion(ctx, scope["method"], scope["path"], status, error, journal)
 
 
 class GatewayApp(Starlette):
@@ -138,6 +120,7 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         try:
             yield
         finally:
+            flush_completions()  # into the journal before it closes
             await gateway.aclose()
             flush_logs()
 

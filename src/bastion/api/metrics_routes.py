@@ -11,6 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bastion.observability.completion import flush_completions
+
 
 async def metrics(request: Request) -> Response:
+    flush_completions()  # the requests that finished but are not counted yet
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

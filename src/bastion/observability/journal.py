@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from bastion.config import JournalConfig
+from bastion.observability.completion import flush_completions
 from bastion.observability.slo import summarize
 from bastion.stores.journal import JournalEntry, JournalStore
 
@@ -98,7 +99,9 @@ class RequestJournal:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write everything recorded so far, ``BATCH`` entries at a time."""
+        """Write everything recorded so far (requests that finished but are not yet noted
+        included), ``BATCH`` entries at a time."""
+        flush_completions()
         async with self._lock:
             pending, self._pending = self._pending, []
             self._full.clear()

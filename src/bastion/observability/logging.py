@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import IO, Any
 
@@ -88,8 +88,20 @@ _output: BufferedLines | None = None
 _completion_on = False
 
 
+#: Called by ``flush_logs`` before it writes: producers that batch lines of their own
+#: (``observability.completion``) hand them over first.
+_before_flush: list[Callable[[], None]] = []
+
+
+def before_flush(hook: Callable[[], None]) -> None:
+    if hook not in _before_flush:
+        _before_flush.append(hook)
+
+
 def flush_logs() -> None:
     """Write every gathered line now (tests, shutdown)."""
+    for hook in _before_flush:
+        hook()
     if _output is not None:
         _output.flush()
 
@@ -219,11 +231,12 @@ _second = -1
 _second_text = ""
 
 
-def iso_now() -> str:
-    """The time as structlog's ISO stamp writes it, re-formatting only the fraction within a
-    second."""
+def iso_now(now: float | None = None) -> str:
+    """The time (``time.time()``, or ``now``) as structlog's ISO stamp writes it,
+    re-formatting only the fraction within a second."""
     global _second, _second_text
-    now = time.time()
+    if now is None:
+        now = time.time()
     second = int(now)
     if second != _second:
         _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -235,15 +248,16 @@ def completion_logging() -> bool:
     return _completion_on and _output is not None
 
 
-def render_completion(fields: dict[str, Any]) -> bytes:
+def render_completion(fields: dict[str, Any], at: float | None = None) -> bytes:
     """One ``request.completed`` event as its JSON line, through the same redaction and
     masking as every other event, without structlog's bound-logger chain: that chain cost
     ~10 µs of the event's ~23 µs (``timeit``, 20,000 events), and this event is written for
     every request (BENCHMARKS.md, "Cost of the request log"). The request journal keeps the
-    same bytes. Every other event goes through structlog."""
+    same bytes. Every other event goes through structlog. ``at``: when the request ended
+    (wall clock), when it is rendered later."""
     fields["event"] = "request.completed"
     fields["level"] = "info"
-    fields["timestamp"] = iso_now()
+    fields["timestamp"] = iso_now(at)
     # No field-name redaction pass: ``completion_fields`` builds this event from a fixed set
     # of metadata keys, none of them a content or credential name at any depth (a test
     # holds it to that), and walking its nested attempts and stages cost ~4 µs per request.
@@ -275,10 +289,11 @@ def _ms(seconds: float) -> float:
 
 
 def completion_fields(ctx: RequestContext | None, *, method: str, path: str, status: int,
-                      error: str | None) -> dict[str, Any]:
+                      error: str | None, elapsed_s: float | None = None) -> dict[str, Any]:
     """The metadata of one finished request: what an operator needs, nothing it said. It is
     also what the request journal keeps and ``bastion trace`` prints: the stages in order,
-    each upstream attempt, the contract checks, all timed from the request's start."""
+    each upstream attempt, the contract checks, all timed from the request's start.
+    ``elapsed_s``: its total time, when the fields are built after it ended."""
     fields: dict[str, Any] = {"method": method, "path": path, "status": status,
                               "outcome": error or ("ok" if status < 400 else f"http_{status}")}
     if ctx is None:
@@ -295,7 +310,7 @@ def completion_fields(ctx: RequestContext | None, *, method: str, path: str, sta
         contract=ctx.contract_outcome(),
         prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
         cost_usd=round(ctx.cost_usd, 8),
-        latency_ms=_ms(ctx.elapsed()),
+        latency_ms=_ms(ctx.elapsed() if elapsed_s is None else elapsed_s),
         upstream_ms=_ms(sum(a.duration_s for a in ctx.attempts)),
         stages=[[s.name, _ms(s.start_s), _ms(s.duration_s), s.outcome] for s in ctx.stages],
     )

@@ -74,14 +74,16 @@ class RequestMetrics(Collector):
             return tenant
         return OTHER
 
-    def record(self, ctx: RequestContext | None, outcome: str) -> None:
-        """Count one finished request (``ctx`` None: it failed before it had a context)."""
+    def record(self, ctx: RequestContext | None, outcome: str,
+               elapsed_s: float | None = None) -> None:
+        """Count one finished request (``ctx`` None: it failed before it had a context);
+        ``elapsed_s``: its total time, when it is counted after it ended."""
         if ctx is None:
             self.requests["unknown", outcome] += 1
             return
         route = ctx.route
         self.requests[route, outcome] += 1
-        total = ctx.elapsed()
+        total = ctx.elapsed() if elapsed_s is None else elapsed_s
         upstream = 0.0
         for attempt in ctx.attempts:
             upstream += attempt.duration_s

@@ -69,6 +69,7 @@ class BudgetGuard:
         self._dirty: set[str] = set()
         self._writer: asyncio.Task[None] | None = None
         self._dates: tuple[int, str, str] = (-1, "", "")
+        self._plans: dict[tuple[str, str], tuple[str, list[tuple[str, float, str, float]]]] = {}
         #: Whether any budget sets any ceiling; when none does, admission skips the guard.
         self.configured = any(
             b.per_day_usd is not None or b.per_month_usd is not None
@@ -76,8 +77,21 @@ class BudgetGuard:
             for b in (config.default, *config.tenants.values(), *config.routes.values()))
 
     def _periods(self, ctx: RequestContext) -> list[tuple[str, float, str, float]]:
-        """(key, limit in usd, scope description, ttl) for every budget that applies."""
+        """(key, limit in usd, scope description, ttl) for every budget that applies, worked
+        out once per tenant, route and day."""
         day, month = self._period_names(self.clock())  # type: ignore[arg-type]
+        ident = (ctx.tenant, ctx.route)
+        planned = self._plans.get(ident)
+        if planned is not None and planned[0] == day:
+            return planned[1]
+        periods = self._build_periods(ctx, day, month)
+        if len(self._plans) >= 65_536:
+            self._plans.clear()
+        self._plans[ident] = (day, periods)
+        return periods
+
+    def _build_periods(self, ctx: RequestContext, day: str,
+                       month: str) -> list[tuple[str, float, str, float]]:
         out: list[tuple[str, float, str, float]] = []
         tenant = self.config.tenants.get(ctx.tenant, self.config.default)
         route = self.config.routes.get(ctx.route)

@@ -50,6 +50,28 @@ def _limits(limit: RateLimit) -> bool:
                 or limit.concurrent_requests)
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One scope a request counts against, with its store keys (None: no such limit)."""
+
+    name: str
+    limit: RateLimit
+    requests_key: str | None
+    tokens_key: str | None
+    concurrency_key: str | None
+
+
+def _scope(name: str, limit: RateLimit) -> Scope:
+    return Scope(name, limit,
+                 f"rl:{name}:req" if limit.requests_per_minute else None,
+                 f"rl:{name}:tok" if limit.tokens_per_minute else None,
+                 f"rl:{name}:conc" if limit.concurrent_requests else None)
+
+
+#: Scope lists remembered per (tenant, key, route); cleared when this many gather.
+_PLANS_MAX = 65_536
+
+
 class RateLimiter:
     def __init__(self, store: KeyValueStore, config: LimitsConfig) -> None:
         self.store = store
@@ -58,44 +80,58 @@ class RateLimiter:
         self.configured = any(_limits(limit) for limit in (
             config.default, *config.tenants.values(), *config.keys.values(),
             *config.routes.values()))
+        self._plans: dict[tuple[str, str | None, str], tuple[Scope, ...]] = {}
 
-    def scopes(self, ctx: RequestContext) -> list[tuple[str, RateLimit]]:
-        tenant = self.config.tenants.get(ctx.tenant, self.config.default)
-        scopes = [(f"t:{ctx.tenant}", tenant)]
-        if ctx.key_id is not None and ctx.key_id in self.config.keys:
-            scopes.append((f"k:{ctx.key_id}", self.config.keys[ctx.key_id]))
-        if ctx.route in self.config.routes:
-            scopes.append((f"r:{ctx.tenant}:{ctx.route}", self.config.routes[ctx.route]))
-        return [(name, limit) for name, limit in scopes if _limits(limit)]
+    def scopes(self, ctx: RequestContext) -> tuple[Scope, ...]:
+        """The scopes of ``ctx``'s tenant, key and route, worked out once per combination
+        (the config does not change while it serves)."""
+        ident = (ctx.tenant, ctx.key_id, ctx.route)
+        plan = self._plans.get(ident)
+        if plan is None:
+            tenant = self.config.tenants.get(ctx.tenant, self.config.default)
+            scopes = [(f"t:{ctx.tenant}", tenant)]
+            if ctx.key_id is not None and ctx.key_id in self.config.keys:
+                scopes.append((f"k:{ctx.key_id}", self.config.keys[ctx.key_id]))
+            if ctx.route in self.config.routes:
+                scopes.append((f"r:{ctx.tenant}:{ctx.route}", self.config.routes[ctx.route]))
+            plan = tuple(_scope(name, limit) for name, limit in scopes if _limits(limit))
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            self._plans[ident] = plan
+        return plan
 
     async def admit(self, ctx: RequestContext, tokens: int) -> RateHold:
         """Count the request against every scope, or raise ``TenantLimitExceeded``."""
         hold = RateHold(tokens_estimated=tokens, holder=ctx.request_id)
         tightest: dict[str, WindowHit] = {}
         request_keys: list[str] = []
+        store = self.store
         try:
-            for name, limit in self.scopes(ctx):
-                if limit.requests_per_minute:
-                    key = f"rl:{name}:req"
-                    hit = await self.store.window_hit(key, 1, limit.requests_per_minute,
-                                                      WINDOW_S)
-                    self._refuse_unless(hit, "requests per minute", name, tightest, "requests")
-                    request_keys.append(key)
-                if limit.tokens_per_minute:
-                    key = f"rl:{name}:tok"
-                    hit = await self.store.window_hit(key, tokens, limit.tokens_per_minute,
-                                                      WINDOW_S)
-                    self._refuse_unless(hit, "tokens per minute", name, tightest, "tokens")
-                    hold.token_keys.append(key)
-                if limit.concurrent_requests:
-                    key = f"rl:{name}:conc"
+            for scope in self.scopes(ctx):
+                limit = scope.limit
+                if scope.requests_key is not None:
+                    hit = await store.window_hit(scope.requests_key, 1,
+                                                 limit.requests_per_minute,  # type: ignore[arg-type]
+                                                 WINDOW_S)
+                    self._refuse_unless(hit, "requests per minute", scope.name, tightest,
+                                        "requests")
+                    request_keys.append(scope.requests_key)
+                if scope.tokens_key is not None:
+                    hit = await store.window_hit(scope.tokens_key, tokens,
+                                                 limit.tokens_per_minute,  # type: ignore[arg-type]
+                                                 WINDOW_S)
+                    self._refuse_unless(hit, "tokens per minute", scope.name, tightest,
+                                        "tokens")
+                    hold.token_keys.append(scope.tokens_key)
+                if scope.concurrency_key is not None:
                     ttl = max(ctx.remaining(), 1.0) + 30.0
-                    if not await self.store.lease_acquire(key, hold.holder,
-                                                          limit.concurrent_requests, ttl):
+                    if not await store.lease_acquire(scope.concurrency_key, hold.holder,
+                                                     limit.concurrent_requests,  # type: ignore[arg-type]
+                                                     ttl):
                         raise TenantLimitExceeded(
-                            f"too many concurrent requests for {name.split(':')[0]} scope "
-                            f"(limit {limit.concurrent_requests})", retry_after=1.0)
-                    hold.leases.append(key)
+                            f"too many concurrent requests for {scope.name.split(':')[0]} "
+                            f"scope (limit {limit.concurrent_requests})", retry_after=1.0)
+                    hold.leases.append(scope.concurrency_key)
         except TenantLimitExceeded as exc:
             for key in request_keys:
                 await self.store.window_adjust(key, -1, WINDOW_S)
