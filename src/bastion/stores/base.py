@@ -9,13 +9,13 @@ read followed by a write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class WindowHit:
-    """The outcome of one sliding-window rate-limit hit."""
+class WindowHit(NamedTuple):
+    """The outcome of one sliding-window rate-limit hit. (A named tuple: a frozen dataclass
+    sets each field through ``object.__setattr__``: 0.56 µs against 0.22 for five fields,
+    and a request makes two.)"""
 
     allowed: bool
     #: The weighted count after this hit (or what it would have been, when refused).
