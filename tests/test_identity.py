@@ -159,18 +159,38 @@ async def test_a_disabled_tenant_authenticates_no_key(store: IdentityStore) -> N
 # --------------------------------------------------------------------------- the cache
 
 
-async def test_the_cache_saves_lookups_and_expires() -> None:
+async def test_the_cache_saves_lookups_until_a_change_anywhere() -> None:
     clock = FakeClock()
     store = CountingStore(MemoryIdentityStore())
     identity = IdentityService(store, cache_ttl_s=5, clock=clock)
     await identity.create_tenant("acme")
     _, plaintext = await identity.create_key("acme", "ci")
+    other, other_plaintext = await identity.create_key("acme", "other")
     for _ in range(10):
         await identity.authenticate(plaintext)
     assert store.lookups == 1
+    clock.now += 60  # no change anywhere: an idle key stays cached however long it idles
+    await identity.authenticate(plaintext)
+    assert store.lookups == 1
+    await store.revoke_key(other.id, 1)  # behind this service's back, as another process
+    await identity.authenticate(plaintext)
+    assert store.lookups == 1  # not looked at again before the interval is over
     clock.now += 5.1
     await identity.authenticate(plaintext)
-    assert store.lookups == 2
+    assert store.lookups == 2  # the counter moved: the cache was emptied
+    with pytest.raises(Unauthenticated):
+        await identity.authenticate(other_plaintext)
+
+
+async def test_ten_thousand_keys_are_each_read_once() -> None:
+    store = CountingStore(MemoryIdentityStore())
+    identity = IdentityService(store)
+    await identity.create_tenant("acme")
+    keys = [(await identity.create_key("acme", f"k{i}"))[1] for i in range(10_000)]
+    for _ in range(2):
+        for plaintext in keys:
+            await identity.authenticate(plaintext)
+    assert store.lookups == 10_000
 
 
 async def test_another_workers_revocation_is_seen_within_the_ttl(tmp_path: Path) -> None:
@@ -206,7 +226,7 @@ async def test_a_lookup_racing_a_revocation_does_not_cache_the_old_answer() -> N
 
 
 def test_the_cache_is_bounded() -> None:
-    cache = PrincipalCache(max_entries=2, ttl_s=60)
+    cache = PrincipalCache(max_entries=2)
     for i in range(5):
         cache.put(f"h{i}", Principal("acme", f"key_{i}"), cache.generation)
     assert len(cache) == 2 and cache.get("h4") is not None and cache.get("h0") is None

@@ -117,7 +117,9 @@ class Gateway:
         self.prompts = _load_prompts(loaded)
         self.task_service = TaskService(
             compile_tasks(self.config, self.prompts, loaded.source), self.chat_service)
-        self.identity = IdentityService(self.stores.identity)
+        self.identity = IdentityService(self.stores.identity,
+                                        cache_ttl_s=self.config.auth.key_recheck_s,
+                                        cache_entries=self.config.auth.key_cache_entries)
         self.ledger = UsageLedger(self.stores.ledger, self.config.ledger)
         self.journal = RequestJournal(self.stores.journal, self.config.observability.journal)
         self.content_log = ContentLog(self.config.observability.content_logging)

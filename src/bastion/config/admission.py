@@ -32,6 +32,10 @@ class AuthConfig(Strict):
     mode: Literal["required", "off"] = "off"
     #: The environment variable holding the admin key for /admin (never the key itself).
     admin_key_env: str | None = "BASTION_ADMIN_KEY"
+    #: Keys whose principal a process remembers (least recently used first out; ~250 bytes
+    #: each). Revocations made elsewhere are seen within ``key_recheck_s``.
+    key_cache_entries: int = Field(default=50_000, ge=0)
+    key_recheck_s: float = Field(default=5.0, gt=0, le=300)
 
 
 class RateLimit(Strict):

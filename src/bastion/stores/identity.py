@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from bastion.domain.errors import Conflict, NotFound
@@ -52,6 +53,11 @@ class IdentityStore(Protocol):
         """Mark the key revoked at ``at`` unless it already is (the first revocation time is
         kept): idempotent. The key, or None if there is no such key."""
 
+    async def changes(self) -> int:
+        """A number that moves whenever a key may stop authenticating (a revocation, a tenant
+        disabled or enabled), whichever process made the change: caches of principals
+        compare it instead of re-reading every key."""
+
     async def aclose(self) -> None: ...
 
 
@@ -63,6 +69,7 @@ class MemoryIdentityStore:
         self._tenants: dict[str, Tenant] = {}
         self._keys: dict[str, KeyRecord] = {}  # key id -> record, in creation order
         self._by_hash: dict[str, str] = {}  # key hash -> key id
+        self._changes = 0
 
     async def create_tenant(self, tenant: Tenant) -> None:
         if tenant.id in self._tenants or tenant.name in {t.name for t in self._tenants.values()}:
@@ -79,6 +86,7 @@ class MemoryIdentityStore:
         if tenant_id not in self._tenants:
             return None
         self._tenants[tenant_id] = replace(self._tenants[tenant_id], disabled=disabled)
+        self._changes += 1
         return self._tenants[tenant_id]
 
     async def create_key(self, record: KeyRecord) -> None:
@@ -103,7 +111,11 @@ class MemoryIdentityStore:
             return None
         if record.key.revoked_at is None:
             record = self._keys[key_id] = replace(record, key=replace(record.key, revoked_at=at))
+            self._changes += 1
         return record.key
+
+    async def changes(self) -> int:
+        return self._changes
 
     async def aclose(self) -> None:
         return None
@@ -117,7 +129,11 @@ CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY,
     key_hash TEXT NOT NULL, created_at INTEGER NOT NULL, revoked_at INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_key_hash ON api_keys(key_hash);
 CREATE INDEX IF NOT EXISTS api_keys_tenant_id ON api_keys(tenant_id);
+CREATE TABLE IF NOT EXISTS identity_changes (id INTEGER PRIMARY KEY CHECK (id = 1),
+    n INTEGER NOT NULL);
+INSERT OR IGNORE INTO identity_changes VALUES (1, 0);
 """
+_CHANGED = "UPDATE identity_changes SET n = n + 1 WHERE id = 1"
 _TENANTS = "SELECT id, name, created_at, disabled FROM tenants"
 _KEYS = "SELECT id, tenant_id, name, prefix, created_at, revoked_at FROM api_keys"
 #: How long a write waits for another process's lock before giving up (milliseconds).
@@ -151,12 +167,16 @@ class SqliteIdentityStore:
         return self._db
 
     def _write(self, sql: str, args: tuple[Any, ...], then: str | None = None,
-               then_args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """One write in its own transaction, and optionally a read of its result inside it."""
+               then_args: tuple[Any, ...] = (), *, change: bool = False
+               ) -> list[tuple[Any, ...]]:
+        """One write in its own transaction, and optionally a read of its result inside it;
+        ``change``: the write may stop a key from authenticating (moves ``changes``)."""
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(sql, args)
+            cursor = db.execute(sql, args)
+            if change and cursor.rowcount:
+                db.execute(_CHANGED)
             return db.execute(then, then_args).fetchall() if then else []
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -183,7 +203,8 @@ class SqliteIdentityStore:
         return [_tenant(r) for r in await self._call(self._read, f"{_TENANTS} ORDER BY name")]
 
     async def set_tenant_disabled(self, tenant_id: str, disabled: bool) -> Tenant | None:
-        rows = await self._call(self._write, "UPDATE tenants SET disabled = ? WHERE id = ?",
+        rows = await self._call(partial(self._write, change=True),
+                                "UPDATE tenants SET disabled = ? WHERE id = ?",
                                 (int(disabled), tenant_id), f"{_TENANTS} WHERE id = ?",
                                 (tenant_id,))
         return _tenant(rows[0]) if rows else None
@@ -210,10 +231,15 @@ class SqliteIdentityStore:
         return [ApiKey(*r) for r in rows]
 
     async def revoke_key(self, key_id: str, at: int) -> ApiKey | None:
-        rows = await self._call(self._write, "UPDATE api_keys SET revoked_at = ? "
+        rows = await self._call(partial(self._write, change=True),
+                                "UPDATE api_keys SET revoked_at = ? "
                                 "WHERE id = ? AND revoked_at IS NULL", (at, key_id),
                                 f"{_KEYS} WHERE id = ?", (key_id,))
         return ApiKey(*rows[0]) if rows else None
+
+    async def changes(self) -> int:
+        rows = await self._call(self._read, "SELECT n FROM identity_changes WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
 
     def _close(self) -> None:
         if self._db is not None:
