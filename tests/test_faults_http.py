@@ -4,6 +4,7 @@ answered, that deadlines hold, and that no upstream task outlives its request.""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import httpx
@@ -138,6 +139,33 @@ def test_a_client_that_disconnects_cancels_the_upstream_call(live: LiveGateway) 
             post(short, {"kind": "hang"}, deadline=30)
     # The request had 30 s left; its work must be gone long before that.
     assert wait_for_no_tasks(live, baseline, limit=2.0) <= baseline
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_a_499_not_our_bug(
+        live: LiveGateway) -> None:
+    def outcomes() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for line in httpx.get(live.base_url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith('bastion_requests_total{') and 'route="chat"' in line:
+                label = line.split('outcome="')[1].split('"')[0]
+                found[label] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    before = outcomes()
+    host, port = live.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+                     b'{"model": "fast", "mess')
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        after = outcomes()
+        if after.get("client_closed_request", 0) > before.get("client_closed_request", 0):
+            break
+        time.sleep(0.05)
+    assert after.get("client_closed_request", 0) == before.get("client_closed_request", 0) + 1
+    assert after.get("internal_error", 0) == before.get("internal_error", 0)
 
 
 def test_a_client_that_leaves_mid_stream_ends_the_stream_and_releases_the_request(

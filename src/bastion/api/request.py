@@ -16,13 +16,13 @@ import re
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from bastion.api.auth import principal_for
 from bastion.api.headers import headers_of
 from bastion.api.traces import join_trace
 from bastion.domain.context import Priority, RequestContext, new_request_id
-from bastion.domain.errors import InvalidRequest, PayloadTooLarge
+from bastion.domain.errors import ClientClosedRequest, InvalidRequest, PayloadTooLarge
 from bastion.gateway import Gateway
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -54,11 +54,14 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
                 from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosedRequest("the client went away while sending the body") from None
     raw = b"".join(chunks)
     request.state.raw_body = raw
     if not raw:
