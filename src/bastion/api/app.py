@@ -24,7 +24,7 @@ from bastion.api.answer_routes import answer
 from bastion.api.anthropic_routes import create_message
 from bastion.api.document_routes import document_routes
 from bastion.api.errors import error_response
-from bastion.api.gc_tuning import tune_gc_for_serving
+from bastion.api.serving import tune_for_serving
 from bastion.api.health import health, ready
 from bastion.api.metrics_routes import metrics
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
@@ -102,10 +102,10 @@ class GatewayApp(Starlette):
 
 
 def create_app(gateway: Gateway | None = None, *, config_path: str | None = None,
-               tune_gc: bool = False) -> Starlette:
+               tune: bool = False) -> Starlette:
     """Build the app around ``gateway`` or, when None, one loaded from ``config_path`` (or the
-    ``BASTION_CONFIG`` environment variable, or the embedded default). ``tune_gc`` applies the
-    server's garbage-collector settings once started (``api.gc_tuning``): for a process that
+    ``BASTION_CONFIG`` environment variable, or the embedded default). ``tune`` applies the
+    server's interpreter settings once started (``api.serving``): for a process that
     only serves this app, as ``bastion serve`` workers do."""
     if gateway is None:
         gateway = Gateway.from_config(config_path or os.environ.get(CONFIG_ENV) or None)
@@ -115,8 +115,8 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
-        if tune_gc:
-            tune_gc_for_serving()
+        if tune:
+            tune_for_serving()
         try:
             yield
         finally:
@@ -167,4 +167,4 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
 
 def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and multi-worker serving: config from the environment."""
-    return create_app(tune_gc=True)
+    return create_app(tune=True)

@@ -1,4 +1,5 @@
-"""Garbage-collector settings for a ``bastion serve`` worker process.
+"""Interpreter settings for a ``bastion serve`` worker process: the garbage collector and the
+GIL's switch interval.
 
 CPython's cyclic collector runs a young-generation pass every 700 net allocations of
 container objects, and a full pass whenever enough objects have survived. A gateway worker
@@ -20,20 +21,32 @@ So once the app has started, the worker:
   and its traceback), and those wait a little longer. At 10,000 a worker collects a few times
   per 10,000 requests instead of several hundred times.
 
+It also shortens the GIL's switch interval from 5 ms to ``SWITCH_INTERVAL_S``. The worker's
+SQLite writers (usage ledger, request journal, budget totals) run in threads, and the sqlite3
+module gives up the GIL around every statement step; with the event loop busy, each step then
+waited up to 5 ms to get it back, so a journal trim or a dashboard read over a few hundred rows
+took seconds and the ledger's queue filled until rows were dropped (``bench/soak.py``, one
+worker at saturation). The interval only matters while another thread waits for the GIL,
+a few hundred times a second here.
+
 Only the server does this: a library user's process keeps its own settings.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 
 #: Net container allocations between young-generation passes (CPython's default: 700).
 GEN0_THRESHOLD = 10_000
+#: The GIL's switch interval in a worker (CPython's default: 5 ms).
+SWITCH_INTERVAL_S = 0.0005
 
 
-def tune_gc_for_serving() -> None:
+def tune_for_serving() -> None:
     """Call once, after start-up, in the worker process that serves requests."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
