@@ -243,15 +243,14 @@ BASTION_PROFILES = ("full", "minimal")
 _PROVIDERS = """\
 version: 1
 providers:
+  # Connections follow the bulkhead (pool_size unset): 2,048 calls in flight at most.
   mock:
     type: openai
     base_url: http://127.0.0.1:{mock_port}/v1
-    pool_size: 256
     bulkhead: {{max_concurrency: 2048, max_wait_s: 1}}
   mock-backup:
     type: openai
     base_url: http://127.0.0.1:{mock_port}/v1
-    pool_size: 64
     bulkhead: {{max_concurrency: 2048, max_wait_s: 1}}
 # As the embedded default: durable records (keys, usage ledger, idempotency) in a SQLite file.
 state: {{sqlite_path: "{db}"}}

@@ -26,9 +26,14 @@ class OpenAIProviderConfig(_ProviderBase):
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    #: Connections kept open to this upstream, shared by all requests.
-    pool_size: int = Field(default=100, ge=1, le=10_000)
+    #: Connections to this upstream at most, shared by all requests (None: as many as the
+    #: bulkhead lets calls through, so no call waits for a connection after its slot).
+    pool_size: int | None = Field(default=None, ge=1, le=100_000)
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def connections(self) -> int:
+        return self.pool_size or self.bulkhead.max_concurrency
 
 
 class AnthropicProviderConfig(_ProviderBase):
@@ -37,9 +42,14 @@ class AnthropicProviderConfig(_ProviderBase):
     api_key_env: str | None = "ANTHROPIC_API_KEY"
     anthropic_version: str = "2023-06-01"
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    pool_size: int = Field(default=100, ge=1, le=10_000)
+    #: As for ``openai``: None means as many as the bulkhead lets through.
+    pool_size: int | None = Field(default=None, ge=1, le=100_000)
     #: Anthropic requires max_tokens; used when the caller sends none.
     default_max_tokens: int = Field(default=1024, ge=1)
+
+    @property
+    def connections(self) -> int:
+        return self.pool_size or self.bulkhead.max_concurrency
 
 
 class LocalProviderConfig(_ProviderBase):

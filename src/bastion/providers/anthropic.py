@@ -54,7 +54,7 @@ class AnthropicProvider:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = new_session(self.config.pool_size, self._headers())
+            self._session = new_session(self.config.connections, self._headers())
 
     async def aclose(self) -> None:
         if self._session is not None:

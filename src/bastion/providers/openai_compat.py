@@ -40,7 +40,7 @@ class OpenAICompatibleProvider:
 
     async def start(self) -> None:
         if self._pool is None:
-            self._pool = Pool(self.base_url, size=self.config.pool_size,
+            self._pool = Pool(self.base_url, size=self.config.connections,
                               headers=self._headers())
 
     async def aclose(self) -> None:
