@@ -68,6 +68,17 @@ class StoreContract:
         await store.set("k", value)
         assert await store.get("k") == value
 
+    async def test_set_many_sets_each_with_its_own_ttl(self, store: KeyValueStore,
+                                                      clock: FakeClock) -> None:
+        await store.set("a", "old")
+        await store.set_many([("a", 1, 5), ("b", {"x": [2]}, None), ("c", 3, 10)])
+        assert (await store.get("a"), await store.get("b"), await store.get("c")) == \
+            (1, {"x": [2]}, 3)
+        clock.advance(5)
+        assert (await store.get("a"), await store.get("b"), await store.get("c")) == \
+            (None, {"x": [2]}, 3)
+        await store.set_many([])
+
     async def test_a_value_expires_when_its_ttl_is_up(self, store: KeyValueStore,
                                                       clock: FakeClock) -> None:
         await store.set("k", 1, ttl_s=5)

@@ -9,6 +9,7 @@ read followed by a write.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 
@@ -41,6 +42,11 @@ class KeyValueStore(Protocol):
         ...
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        ...
+
+    async def set_many(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        """``set`` for each (key, value, ttl_s), all in one step: writing totals behind in a
+        batch costs one transaction, not one per key."""
         ...
 
     async def set_if_absent(self, key: str, value: Any, ttl_s: float | None = None) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bastion.stores.base import WindowHit
@@ -137,6 +137,10 @@ class MemoryStore:
         if self.capacity is not None:
             self._make_room(key)
         self._data[key] = (value, self._expiry(now, ttl_s))
+
+    async def set_many(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        for key, value, ttl_s in items:
+            await self.set(key, value, ttl_s)
 
     async def set_if_absent(self, key: str, value: Any, ttl_s: float | None = None) -> bool:
         now = self._tick()

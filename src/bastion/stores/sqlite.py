@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -179,6 +179,16 @@ class SqliteStore:
         def op(db: sqlite3.Connection, now: float) -> None:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
                        (key, data, _expiry(now, ttl_s)))
+        await self._run(op)
+
+    async def set_many(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
+        rows = [(key, orjson.dumps(value), ttl_s) for key, value, ttl_s in items]
+        if not rows:
+            return
+
+        def op(db: sqlite3.Connection, now: float) -> None:
+            db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
+                           [(key, data, _expiry(now, ttl_s)) for key, data, ttl_s in rows])
         await self._run(op)
 
     async def set_if_absent(self, key: str, value: Any, ttl_s: float | None = None) -> bool:
