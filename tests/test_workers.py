@@ -1,5 +1,6 @@
 """`bastion serve --workers 2`: limits, budgets, single flight and idempotency are exact across
-worker processes, because they share state in the SQLite file instead of keeping a copy each."""
+worker processes, because they share hot state (the LMDB environment beside the state file by
+default, or the state file itself) instead of keeping a copy each."""
 
 from __future__ import annotations
 
@@ -41,13 +42,19 @@ def _worker_pids(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-@pytest.fixture
-def serve_two(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(params=["auto", "sqlite"])
+def serve_two(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Start ``bastion serve --workers 2``, hot state shared the default way (``auto``: LMDB)
+    or in the state file (``sqlite``)."""
     procs: list[subprocess.Popen[bytes]] = []
+    hot = request.param
 
     def start(extra: str = "", latency: float = 0.0) -> str:
         path = tmp_path / "bastion.yaml"
-        path.write_text(CONFIG.format(db=tmp_path / "bastion.db", extra=extra, latency=latency))
+        text = CONFIG.format(db=tmp_path / "bastion.db", extra=extra, latency=latency)
+        if hot != "auto":
+            text = text.replace('bastion.db"}', f'bastion.db", hot: {hot}}}')
+        path.write_text(text)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "BASTION_CONFIG"}
         proc = subprocess.Popen([sys.executable, "-m", "bastion.cli", "serve", "--config",
@@ -96,8 +103,12 @@ def test_the_start_up_notice_says_where_hot_state_lives(tmp_path: Path) -> None:
     from bastion.config import parse_config
 
     shared = parse_config(CONFIG.format(db=tmp_path / "b.db", extra="", latency=0)).config
-    assert "hot state shared in it" in _security_notice(shared, "127.0.0.1", 2)
+    assert f"hot state shared in {tmp_path / 'b.db.hot'}" in _security_notice(
+        shared, "127.0.0.1", 2)
     assert "hot state in each worker's memory" in _security_notice(shared, "127.0.0.1", 1)
+    in_file = parse_config(CONFIG.format(db=tmp_path / "b.db", extra="", latency=0)
+                           .replace('b.db"}', 'b.db", hot: sqlite}')).config
+    assert "hot state shared in it" in _security_notice(in_file, "127.0.0.1", 2)
     memory = parse_config(CONFIG.format(db=tmp_path / "b.db", extra="", latency=0)
                           .replace('b.db"}', 'b.db", hot: memory}')).config
     assert "WARNING: rate limits apply per worker" in _security_notice(memory, "127.0.0.1", 2)

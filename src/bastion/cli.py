@@ -15,7 +15,7 @@ from bastion.cli_ingest import ingest as ingest_command
 from bastion.cli_trace import trace as trace_command
 from bastion.cli_usage import usage as usage_command
 from bastion.config import BastionConfig, ConfigError, LocalProviderConfig, load_config
-from bastion.state import WORKERS_ENV, hot_in_sqlite
+from bastion.state import WORKERS_ENV, hot_backend, hot_shared, lmdb_dir
 
 app = typer.Typer(help="bastion: the production boundary for LLM calls.",
                   no_args_is_help=True, add_completion=False)
@@ -76,6 +76,13 @@ def serve(
         os.environ[URL_ENV] = asyncio.run(shared_model.start())
 
     os.environ[WORKERS_ENV] = str(workers)
+    if hot_backend(cfg.state, workers) == "lmdb":
+        # Hot state starts from nothing, before any worker opens it (breakers, windows and
+        # cache entries of a previous run are not carried over; budgets come back from the
+        # state file).
+        from bastion.stores.lmdb import reset_lmdb_dir
+
+        reset_lmdb_dir(lmdb_dir(cfg.state))
     security = _security_notice(cfg, bind_host, workers)
     aliases = ", ".join(cfg.models) or "(none)"
     typer.echo(f"bastion {_version()} on http://{bind_host}:{bind_port}/v1  "
@@ -115,9 +122,11 @@ def _security_notice(cfg: BastionConfig, host: str, workers: int = 1) -> str:
             state += ("; WARNING: each worker keeps its own rate limits, budgets and cache - "
                       "set state.sqlite_path to share them")
     else:
-        hot = "shared in it" if hot_in_sqlite(cfg.state, workers) else "in each worker's memory"
+        backend = hot_backend(cfg.state, workers)
+        hot = {"sqlite": "shared in it", "lmdb": f"shared in {lmdb_dir(cfg.state)}",
+               "memory": "in each worker's memory"}[backend]
         state = f"state: durable records in {path}, hot state {hot}"
-        if workers > 1 and not hot_in_sqlite(cfg.state, workers):
+        if workers > 1 and not hot_shared(cfg.state, workers):
             state += " (WARNING: rate limits apply per worker with state.hot: memory)"
     return f"{auth}; {admin_note}; {state}"
 

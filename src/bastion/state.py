@@ -1,7 +1,8 @@
 """Which store backs which state, from the ``state`` section of the config.
 
-Hot state (breakers, rate limits, the response cache) lives in process memory by default, or in
-the SQLite file to share it between the workers of one machine. Durable records (tenants and
+Hot state (breakers, rate limits, budget reservations, the response cache) lives in process
+memory by default, or, to share it between the workers of one machine, in an LMDB environment
+beside the state file (or the state file itself). Durable records (tenants and
 keys, the usage ledger, idempotency records, budget totals) live in the SQLite file when one is
 configured, so a restart loses none of them; without one they are kept in memory, which is
 said at start-up.
@@ -18,6 +19,7 @@ from bastion.stores.base import KeyValueStore
 from bastion.stores.identity import IdentityStore, MemoryIdentityStore, SqliteIdentityStore
 from bastion.stores.journal import JournalStore, MemoryJournalStore, SqliteJournalStore
 from bastion.stores.ledger import LedgerStore, MemoryLedgerStore, SqliteLedgerStore
+from bastion.stores.lmdb import LmdbStore
 from bastion.stores.memory import MemoryStore
 from bastion.stores.sqlite import SqliteStore
 
@@ -32,11 +34,26 @@ def served_workers() -> int:
         return 1
 
 
-def hot_in_sqlite(config: StateConfig, workers: int) -> bool:
-    """Whether hot state goes to the SQLite file: asked for, or ``auto`` with several workers."""
+def hot_backend(config: StateConfig, workers: int) -> str:
+    """Where hot state goes: ``memory``, ``sqlite`` or ``lmdb`` (``auto`` is lmdb when several
+    workers serve; without a state file it is always memory)."""
     if config.sqlite_path is None:
-        return False
-    return config.hot == "sqlite" or (config.hot == "auto" and workers > 1)
+        return "memory"
+    if config.hot == "auto":
+        return "lmdb" if workers > 1 else "memory"
+    return config.hot
+
+
+def hot_shared(config: StateConfig, workers: int) -> bool:
+    """Whether the workers share hot state (limits, budgets, cache exact across them)."""
+    return hot_backend(config, workers) != "memory"
+
+
+def lmdb_dir(config: StateConfig) -> Path:
+    """The LMDB environment of ``hot: lmdb``: a directory beside the state file."""
+    assert config.sqlite_path is not None
+    path = Path(config.sqlite_path).expanduser()
+    return path.with_name(path.name + ".hot")
 
 
 @dataclass(slots=True)
@@ -59,7 +76,8 @@ class Stores:
     def describe(self) -> str:
         if self.path is None:
             return "state: in memory only (durable records are lost on restart)"
-        hot = "SQLite" if isinstance(self.hot, SqliteStore) else "memory"
+        hot = ("SQLite" if isinstance(self.hot, SqliteStore) else
+               "LMDB" if isinstance(self.hot, LmdbStore) else "memory")
         return f"state: durable records in {self.path}; hot state in {hot}"
 
 
@@ -77,7 +95,13 @@ def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None,
     resolved = str(Path(path).expanduser())
     durable = SqliteStore(resolved)
     if hot is None:
-        shared = hot_in_sqlite(config, served_workers() if workers is None else workers)
-        hot = durable if shared else MemoryStore()
+        backend = hot_backend(config, served_workers() if workers is None else workers)
+        if backend == "sqlite":
+            hot = durable
+        elif backend == "lmdb":
+            lmdb_dir(config).mkdir(parents=True, exist_ok=True)
+            hot = LmdbStore(str(lmdb_dir(config)))
+        else:
+            hot = MemoryStore()
     return Stores(hot, durable, SqliteIdentityStore(resolved), SqliteLedgerStore(resolved),
                   SqliteJournalStore(resolved, journal.keep), resolved)
