@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -54,9 +56,12 @@ def _alive(pid: int) -> bool:
 def serve(*args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "BASTION_LOCAL_MODEL_URL"}
+    # The embedded default keeps its state in ./bastion.db: a directory of the test's own,
+    # not the checkout.
+    cwd = tempfile.mkdtemp(prefix="bastion-serve-")
     proc = subprocess.Popen([sys.executable, "-m", "bastion.cli", "serve", "--port", str(port),
                              *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, cwd=cwd)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -77,6 +82,7 @@ def serve(*args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(cwd, ignore_errors=True)
                 proc.wait()
 
 
