@@ -82,8 +82,8 @@ def serve(*args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        shutil.rmtree(cwd, ignore_errors=True)
                 proc.wait()
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 def test_serve_on_the_embedded_default_with_both_sdks() -> None:
