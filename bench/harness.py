@@ -253,7 +253,7 @@ providers:
     base_url: http://127.0.0.1:{mock_port}/v1
     bulkhead: {{max_concurrency: 2048, max_wait_s: 1}}
 # As the embedded default: durable records (keys, usage ledger, idempotency) in a SQLite file.
-state: {{sqlite_path: "{db}"}}
+state: {{sqlite_path: "{db}"{hot}}}
 """
 
 _MINIMAL = """\
@@ -287,12 +287,14 @@ admission: {{max_in_flight: 100000}}
 
 
 def bastion_config(mock_port: int, db: Path | str, profile: str = "full",
-                   extra: str = "") -> str:
-    """The YAML of a bastion whose providers are the mock upstream on ``mock_port``."""
+                   extra: str = "", hot: str | None = None) -> str:
+    """The YAML of a bastion whose providers are the mock upstream on ``mock_port``; ``hot``
+    sets ``state.hot`` (default: ``auto``, memory for one worker, LMDB for several)."""
     if profile not in BASTION_PROFILES:
         raise ValueError(f"unknown bastion profile {profile!r}")
     models = _FULL if profile == "full" else _MINIMAL
-    return (_PROVIDERS + models).format(mock_port=mock_port, db=db) + extra
+    return (_PROVIDERS + models).format(mock_port=mock_port, db=db,
+                                        hot=f", hot: {hot}" if hot else "") + extra
 
 
 def profile_needs_key(profile: str) -> bool:

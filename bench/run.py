@@ -316,6 +316,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unobserved-config", default=UNOBSERVED_CONFIG,
                    help="config appended for the bastion-unobserved target (to isolate one "
                         "part of observability)")
+    p.add_argument("--hot", choices=("auto", "memory", "sqlite", "lmdb"), default=None,
+                   help="bastion's state.hot (default: the config's auto: memory for one "
+                        "worker, LMDB for several)")
+    p.add_argument("--extra-config", default="",
+                   help="YAML appended to both bastion targets' config (e.g. "
+                        "'state: {sqlite_path: X, hot: sqlite}' to compare hot-state backends)")
     p.add_argument("--unobserved-log-level", default="warning",
                    help="BASTION_LOG_LEVEL of the bastion-unobserved target")
     p.add_argument("--bastion", default=str(Path(sys.executable).parent / "bastion"),
@@ -386,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = tmp / f"{name}.yaml"
         db = tmp / f"{name}.db"
         unobserved = name == "bastion-unobserved"
-        cfg.write_text(bastion_config(mock_port, db, args.profile,
-                                      args.unobserved_config if unobserved else ""))
+        cfg.write_text(bastion_config(mock_port, db, args.profile, args.extra_config + (
+            args.unobserved_config if unobserved else ""), hot=args.hot))
         if profile_needs_key(args.profile):
             keys_files[name] = tmp / f"{name}.keys"
             keys_files[name].write_text("\n".join(provision_keys(db)) + "\n")

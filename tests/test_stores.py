@@ -20,12 +20,14 @@ from typing import Any
 import pytest
 
 from bastion.stores import KeyValueStore, MemoryStore, SqliteStore
+from bastion.stores.lmdb import LmdbStore
 from bastion.stores.memory import _SWEEP_EVERY
 from tests.store_contract import FakeClock, StoreContract, StoreFactory, W
 
 BACKENDS: dict[str, Callable[[Path, FakeClock], KeyValueStore]] = {
     "memory": lambda tmp, clock: MemoryStore(clock),
     "sqlite": lambda tmp, clock: SqliteStore(str(tmp / "state" / "kv.db"), clock),
+    "lmdb": lambda tmp, clock: LmdbStore(str(tmp / "state" / "hot.lmdb"), clock),
 }
 
 
@@ -245,3 +247,18 @@ async def test_a_memory_store_with_a_capacity_evicts_the_oldest_written_values()
     assert (await store.get("a"), await store.get("b"), await store.get("c")) == (None, 2, 3)
     assert await store.set_if_absent("d", 4)
     assert (await store.get("b"), store.evicted) == (None, 2)
+
+
+# -- memory and LMDB agree, call for call (LMDB is the shared hot store under ``--workers``)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_memory_and_lmdb_answer_the_same_sequence_alike(tmp_path: Path,
+                                                               seed: int) -> None:
+    memory, lmdb_store = MemoryStore(mclock := FakeClock()), LmdbStore(
+        str(tmp_path / "hot.lmdb"), lclock := FakeClock())
+    try:
+        assert await _random_calls(memory, mclock, seed) == await _random_calls(
+            lmdb_store, lclock, seed)
+    finally:
+        await lmdb_store.aclose()

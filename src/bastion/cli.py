@@ -82,7 +82,16 @@ def serve(
         # state file).
         from bastion.stores.lmdb import reset_lmdb_dir
 
-        reset_lmdb_dir(lmdb_dir(cfg.state))
+        try:
+            reset_lmdb_dir(lmdb_dir(cfg.state))
+        except RuntimeError:
+            typer.echo(f"{lmdb_dir(cfg.state)} is in use: another bastion serves on this "
+                       "state file (stop it, or give this one its own state.sqlite_path)",
+                       err=True)
+            raise typer.Exit(1) from None
+        except (ValueError, OSError) as exc:
+            typer.echo(f"cannot prepare the shared hot state: {exc}", err=True)
+            raise typer.Exit(1) from None
     security = _security_notice(cfg, bind_host, workers)
     aliases = ", ".join(cfg.models) or "(none)"
     typer.echo(f"bastion {_version()} on http://{bind_host}:{bind_port}/v1  "
