@@ -206,6 +206,18 @@ class _Handle:
         return (self.values, self.windows, self.leases, self.holders, self.expiry, self.big)
 
 
+#: This process's id, kept current across forks: ``os.getpid()`` is a system call, and every
+#: operation checks it (about 0.5 µs each, 14 operations in a chat completion).
+_PID = os.getpid()
+
+
+def _pid_after_fork() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_pid_after_fork)
+
 _OPEN: dict[str, _Handle] = {}
 _OPEN_PID = os.getpid()
 #: Environments inherited across a fork, by path: referenced for ever, never closed (closing
@@ -348,7 +360,7 @@ class LmdbStore:
 
     def _h(self) -> _Handle:
         handle = self._handle
-        if handle is not None and self._pid == os.getpid():
+        if handle is not None and self._pid == _PID:
             return handle
         if self._closed:
             raise RuntimeError("the LMDB store is closed")
@@ -373,7 +385,7 @@ class LmdbStore:
         ``_CHECK_EVERY`` writes and after every 1/256 of the map written in values (``big`` is
         the bytes of this write's value), a look at how full the map is."""
         h = self._handle
-        if h is None or self._pid != os.getpid():
+        if h is None or self._pid != _PID:
             h = self._h()
         rounds = 0
         while True:
@@ -772,7 +784,7 @@ class LmdbStore:
 
     async def get(self, key: str) -> Any | None:
         h = self._handle
-        if h is None or self._pid != os.getpid():
+        if h is None or self._pid != _PID:
             h = self._h()
         k = _kb(key)
         while True:
