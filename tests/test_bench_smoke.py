@@ -4,7 +4,7 @@ with a bare pass-through proxy in one short run (``bench/run.py --quick``), must
 bastion's own work grow fails here, minutes after it is made, instead of in a release.
 
 It drives real servers over loopback with wrk, so it needs wrk (scripts/setup.sh installs it)
-and takes ~30 s; the full figures are in BENCHMARKS.md.
+and takes ~45 s; the full figures are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ if shutil.which("wrk") is None and os.environ.get("BASTION_CI"):
 @pytest.mark.timeout(300)
 def test_pipeline_cpu_per_request_stays_within_3x_of_a_bare_proxy() -> None:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--stream", "--max-ratio",
-         str(MAX_RATIO), "--no-save", "--bastion", str(Path(sys.executable).parent / "bastion")],
+        # Three rounds, each target judged by its least disturbed one: the full pipeline sits
+        # near 2.6x on a quiet machine, and a burst of other work in one round must not fail
+        # the check.
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--rounds", "3", "--stream",
+         "--max-ratio", str(MAX_RATIO), "--no-save", "--bastion",
+         str(Path(sys.executable).parent / "bastion")],
         cwd=REPO, capture_output=True, text=True, timeout=280, check=False)
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"bench/run.py exited {proc.returncode}:\n{report[-4000:]}"

@@ -24,6 +24,10 @@ from typing import Any
 from bastion.stores.base import WindowHit
 
 _SWEEP_EVERY = 4096
+#: ... and at most once per this many seconds of the store's clock: a sweep walks every key,
+#: and with 10,000 tenants' windows, budgets and cache entries (~50,000 keys) one every 4,096
+#: writes was ~5 ms every ~300 requests, 17 µs per request.
+_SWEEP_MIN_INTERVAL_S = 1.0
 #: Slack in the window comparison for float rounding (counts are whole numbers: this changes
 #: no decision between whole counts).
 _EPS = 1e-9
@@ -87,6 +91,7 @@ class MemoryStore:
         self._leases: dict[str, dict[str, float]] = {}
         self._lease_due: dict[str, float] = {}
         self._ops = 0
+        self._swept_at = -math.inf
 
     def _live(self, key: str, now: float) -> tuple[Any, float | None] | None:
         entry = self._data.get(key)
@@ -98,10 +103,12 @@ class MemoryStore:
         return entry
 
     def _tick(self) -> float:
-        """The time now, sweeping every expired entry once in ``_SWEEP_EVERY`` writes."""
+        """The time now, sweeping every expired entry once in ``_SWEEP_EVERY`` writes (and
+        ``_SWEEP_MIN_INTERVAL_S``)."""
         now = self._clock()
         self._ops += 1
-        if self._ops % _SWEEP_EVERY == 0:
+        if self._ops % _SWEEP_EVERY == 0 and now - self._swept_at >= _SWEEP_MIN_INTERVAL_S:
+            self._swept_at = now
             self._sweep(now)
         return now
 

@@ -49,6 +49,9 @@ from bastion.stores.sqlite_setup import prepare_wal
 
 T = TypeVar("T")
 
+#: Rows per multi-row INSERT of ``set_many`` (3 parameters each, well under SQLite's limit).
+_ROWS_PER_STATEMENT = 256
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB, expires_at REAL);
 CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at IS NOT NULL;
@@ -187,8 +190,15 @@ class SqliteStore:
             return
 
         def op(db: sqlite3.Connection, now: float) -> None:
-            db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
-                           [(key, data, _expiry(now, ttl_s)) for key, data, ttl_s in rows])
+            # Many rows per statement, not ``executemany``: the sqlite3 module gives up the GIL
+            # for every statement step, and next to a busy event loop each step waits for it
+            # (see ``stores.ledger``).
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                chunk = rows[start:start + _ROWS_PER_STATEMENT]
+                db.execute("INSERT OR REPLACE INTO kv VALUES "
+                           + ", ".join(["(?, ?, ?)"] * len(chunk)),
+                           [v for key, data, ttl_s in chunk
+                            for v in (key, data, _expiry(now, ttl_s))])
         await self._run(op)
 
     async def set_if_absent(self, key: str, value: Any, ttl_s: float | None = None) -> bool:

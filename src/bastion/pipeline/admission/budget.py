@@ -38,6 +38,8 @@ _DAY_TTL_S = 2 * 86_400.0
 _MONTH_TTL_S = 32 * 86_400.0
 #: How often totals are written behind to the durable store.
 FLUSH_INTERVAL_S = 1.0
+#: How often the keys of periods that are over are forgotten.
+_PRUNE_EVERY_S = 60.0
 
 log = logging.getLogger("bastion.budgets")
 
@@ -68,6 +70,7 @@ class BudgetGuard:
         #: Keys whose total changed since the last write-behind.
         self._dirty: set[str] = set()
         self._writer: asyncio.Task[None] | None = None
+        self._pruned_at = time.monotonic()
         self._dates: tuple[int, str, str] = (-1, "", "")
         self._plans: dict[tuple[str, str], tuple[str, list[tuple[str, float, str, float]]]] = {}
         #: Whether any budget sets any ceiling; when none does, admission skips the guard.
@@ -204,10 +207,12 @@ class BudgetGuard:
         except BaseException:
             self._dirty.update(dirty)  # written at the next flush
             raise
-        # Forget the keys of periods that are over: their totals expire in both stores.
-        if len(self._seeded) > len(dirty) + 64:
-            live = set(dirty)
-            for key in [k for k in self._seeded if k not in live]:
+        # Forget the keys of periods that are over (their totals expire in both stores), once
+        # a minute: it looks at every key this process has seeded.
+        now = time.monotonic()
+        if now - self._pruned_at >= _PRUNE_EVERY_S and len(self._seeded) > len(dirty) + 64:
+            self._pruned_at = now
+            for key in [k for k in self._seeded if k not in dirty]:
                 if await self.store.get(key) is None:
                     del self._seeded[key]
 
