@@ -42,7 +42,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -58,8 +57,11 @@ from harness import (
     bastion_config,
     cpu_seconds,
     free_port,
+    mock_server,
+    prepare_main,
     profile_needs_key,
     provision_keys,
+    raise_nofile,
     rss_mib,
     sanity_check,
 )
@@ -363,23 +365,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    openloop._raise_nofile(args.max_conns * 2 + 256)  # inherited by the servers too
+    prepare_main(needs_wrk=False)
+    raise_nofile(args.max_conns * 2 + 256)  # inherited by the servers too
 
     tmp = Path(tempfile.mkdtemp(prefix="bastion-fixed-rate-"))
     mock_port = free_port()
-    mock = Server("mock", [sys.executable, str(BENCH_DIR / "mock_upstream.py"), str(mock_port),
-                           "--chunk-interval-ms", f"{args.chunk_interval_ms:g}"],
-                  mock_port, "/health", tmp / "mock.log")
+    mock = mock_server(mock_port, tmp / "mock.log", args.chunk_interval_ms)
     runs: list[dict] = []
     targets: list[Target] = []
     servers: list[Server] = [mock]

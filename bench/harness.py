@@ -16,9 +16,12 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -175,6 +178,48 @@ class Server:
         # The leader may be gone while a worker it forked lingers in the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def mock_server(port: int, log_path: Path, chunk_interval_ms: float = 0.0,
+                name: str = "mock") -> Server:
+    """``bench/mock_upstream.py`` on ``port`` (not started), SSE events ``chunk_interval_ms``
+    apart."""
+    return Server(name, [sys.executable, str(BENCH_DIR / "mock_upstream.py"), str(port),
+                         "--chunk-interval-ms", f"{chunk_interval_ms:g}"],
+                  port, "/health", log_path)
+
+
+def raise_nofile(want: int = 65536) -> tuple[int, int]:
+    """Raise this process's soft limit of open files (to the hard limit at most), before any
+    server or load generator is spawned: they inherit it. A thousand connections need ~2,000
+    descriptors in bastion (client + upstream side) and a thousand in the generator; the usual
+    default is 1,024. The (soft, hard) limits after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, hard
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def prepare_main(*, needs_wrk: bool = True) -> bool:
+    """What every benchmark's ``main`` does first: Ctrl-C, SIGTERM and SIGHUP end it through
+    its ``finally`` blocks (so every server it started is stopped), and wrk must be there.
+    False (after saying why) when it is not."""
+    if needs_wrk and shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return False
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    return True
 
 
 # --------------------------------------------------------------------------- checks

@@ -45,7 +45,6 @@ import gc
 import json
 import math
 import os
-import resource
 import sys
 import time
 import uuid
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httptools
+from harness import raise_nofile
 
 Method = str | bytes
 #: ``request(i) -> (method, path, body)`` for the i-th request of the schedule (0-based).
@@ -440,7 +440,7 @@ class OpenLoop:
         self.loop = loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         cfg = self.cfg
-        _raise_nofile(cfg.max_conns + 64)
+        raise_nofile(cfg.max_conns + 64)
         gc.collect()
         gc.freeze()
         cpu0, wall0 = time.process_time(), time.monotonic()
@@ -513,14 +513,6 @@ class OpenLoop:
                     # the generator's own CPU per request sent during the measured window
                     "us_per_req": w_cpu / w_sent * 1e6 if w_sent else 0.0},
         }
-
-
-def _raise_nofile(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def run(cfg: Config) -> dict:

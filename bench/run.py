@@ -40,7 +40,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,13 +57,14 @@ from harness import (
     bastion_config,
     cpu_seconds,
     free_port,
+    mock_server,
+    prepare_main,
     profile_needs_key,
     provision_keys,
     rss_mib,
     sanity_check,
 )
 from peers import PEERS
-
 
 TARGETS = ("mock", "passthrough", "bastion", "bastion-unobserved")
 #: Peer gateways (bench/peers.py): only when asked for, with --peers or --targets.
@@ -357,27 +357,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    if shutil.which("wrk") is None:
-        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+    if not prepare_main():
         return 2
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
 
     tmp = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
     mock_port = free_port()
     servers: dict[str, Server] = {
-        "mock": Server("mock", [sys.executable, str(BENCH_DIR / "mock_upstream.py"),
-                                str(mock_port), "--chunk-interval-ms",
-                                f"{args.chunk_interval_ms:g}"],
-                       mock_port, "/health", tmp / "mock.log")}
+        "mock": mock_server(mock_port, tmp / "mock.log", args.chunk_interval_ms)}
     if "passthrough" in args.targets:
         port = free_port()
         servers["passthrough"] = Server(
@@ -414,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         try:
             why = peer.ensure_installed()
-        except Exception as exc:  # an install step that breaks must not take the run down
+        except Exception as exc:  # noqa: BLE001 - a broken install must not end the run
             why = f"ensure_installed raised {type(exc).__name__}: {exc}"
         if why is not None:
             failed_start[name] = f"{name} unavailable: {why}"

@@ -14,8 +14,8 @@ inherits another's cache entries, windows or journal):
   from its own offset); its CPU per request is reported apart ("first pass"), and the measured
   figure is the steady state after it. The table shows both, and the two combined.
 - ``aliases``: model aliases under ``models:`` (1, 10, 200), each with the same two targets
-  as the ``full`` profile's ``bench-model``; ``bench/post_scaling.lua`` (a copy of
-  ``post.lua`` with ``BENCH_MODELS_FILE``) spreads the requests over them in turn.
+  as the ``full`` profile's ``bench-model``; ``bench/post.lua`` spreads the requests over
+  them in turn (``BENCH_MODELS_FILE``).
 - ``connections``: wrk connections (10, 100, 1,000), plain requests.
 - ``slow-streams``: 1,000 concurrent SSE streams from a mock that spaces its 22 events 50 ms
   apart (``--chunk-interval-ms 50``: ~1.1 s per stream). They must all be served without an
@@ -49,7 +49,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -71,8 +70,11 @@ from harness import (
     bastion_config,
     cpu_seconds,
     free_port,
+    mock_server,
+    prepare_main,
     profile_needs_key,
     provision_keys,
+    raise_nofile,
     sanity_check,
 )
 from run import run_wrk
@@ -81,7 +83,6 @@ from soak import (
     host_busy_seconds,
     log_warnings,
     own_cpu_seconds,
-    raise_nofile,
     source_state,
     worker_rss,
     wrk_cmd,
@@ -712,19 +713,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    if shutil.which("wrk") is None:
-        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+    if not prepare_main():
         return 2
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
     nofile = raise_nofile()
     points = points_for(args)
     need_fds = 2 * max(p.connections for p in points) + 256 if points else 0
@@ -737,10 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     for slow in sorted({p.slow for p in points}):
         port = free_port()
         interval = args.slow_chunk_interval_ms if slow else 1.0
-        mocks[slow] = Server("mock-slow" if slow else "mock",
-                             [sys.executable, str(BENCH_DIR / "mock_upstream.py"), str(port),
-                              "--chunk-interval-ms", f"{interval:g}"],
-                             port, "/health", tmp / f"mock-{int(slow)}.log")
+        mocks[slow] = mock_server(port, tmp / f"mock-{int(slow)}.log", interval,
+                                  "mock-slow" if slow else "mock")
     started = datetime.now(UTC)
     source = source_state()
     print(f"# bastion scaling {started:%Y-%m-%d %H:%M:%S} UTC\n")

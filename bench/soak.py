@@ -7,7 +7,7 @@
 Starts the mock upstream (``bench/mock_upstream.py``) and ``bastion serve`` (the ``full``
 profile of ``bench/harness.py`` by default: API keys, rate limits, budgets, cache lookups,
 breaker, retries, fallback), then sends ``--requests`` requests in all with ``wrk`` and
-``bench/post_scaling.lua``, in segments of about ``--segment`` requests. ``wrk`` runs for a
+``bench/post.lua``, in segments of about ``--segment`` requests. ``wrk`` runs for a
 duration, not a count, so each segment's duration is estimated from the rate of the one before
 and the requests are counted afterwards; each segment has a fresh nonce (``-- unique NONCE``),
 so no request is ever a cache hit (in the ``full`` profile every one is a cache lookup that
@@ -35,7 +35,6 @@ import platform
 import resource
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,36 +49,22 @@ from harness import (
     BENCH_DIR,
     CHAT_PATH,
     CLK_TCK,
+    LUA,
     Server,
     bastion_config,
     cpu_seconds,
     free_port,
+    mock_server,
+    prepare_main,
     process_tree,
     profile_needs_key,
     provision_keys,
+    raise_nofile,
     sanity_check,
 )
 from run import run_wrk
 
-LUA = BENCH_DIR / "post_scaling.lua"
-
-
 # --------------------------------------------------------------------------- /proc, limits
-
-
-def raise_nofile(want: int = 65536) -> tuple[int, int]:
-    """Raise this process's soft limit of open files (to the hard limit at most), before any
-    server or wrk is spawned: they inherit it. A thousand connections need ~2,000 descriptors
-    in bastion (client + upstream side) and a thousand in wrk; the usual default is 1,024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft, hard
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return soft, hard
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def host_busy_seconds() -> float:
@@ -367,26 +352,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    if shutil.which("wrk") is None:
-        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+    if not prepare_main():
         return 2
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
     nofile = raise_nofile()
 
     tmp = Path(tempfile.mkdtemp(prefix="bastion-soak-"))
     mock_port, port = free_port(), free_port()
-    mock = Server("mock", [sys.executable, str(BENCH_DIR / "mock_upstream.py"), str(mock_port),
-                           "--chunk-interval-ms", f"{args.chunk_interval_ms:g}"],
-                  mock_port, "/health", tmp / "mock.log")
+    mock = mock_server(mock_port, tmp / "mock.log", args.chunk_interval_ms)
     cfg, db = tmp / "bastion.yaml", tmp / "bastion.db"
     config_text = bastion_config(mock_port, db, args.profile,
                                  args.extra_config + ("\n" if args.extra_config else ""))
