@@ -44,6 +44,14 @@ def test_hash_follows_content() -> None:
         (lambda t: t.replace("provider: backup, model: sim-backup",
                              "provider: sim, model: sim-primary"),
          "models.fast.targets", "appears twice"),
+        # The settings this change added: each bad value is named with its field.
+        (lambda t: t + "state: {sqlite_path: x.db, hot: redis}\n", "state.hot",
+         "'auto', 'memory', 'sqlite' or 'lmdb'"),
+        (lambda t: t + "cache: {max_entries: 0}\n", "cache.max_entries",
+         "greater than or equal to 1"),
+        (lambda t: t + "auth: {key_recheck_s: 0}\n", "auth.key_recheck_s", "greater than 0"),
+        (lambda t: t + "auth: {key_cache_entries: -1}\n", "auth.key_cache_entries",
+         "greater than or equal to 0"),
     ],
 )
 def test_invalid_config_names_field_and_reason(mutation, field, reason) -> None:

@@ -147,3 +147,21 @@ def test_idempotent_duplicates_across_two_workers_make_one_call(serve_two: Any) 
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["id"] for r in responses}) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 79
+
+
+def test_serve_refuses_a_hot_state_directory_it_did_not_write(tmp_path: Path) -> None:
+    # ``bastion serve --workers 2`` empties ``<state>.hot/`` before the workers start; a
+    # directory holding anything else is refused with a message, not a traceback.
+    path = tmp_path / "bastion.yaml"
+    path.write_text(CONFIG.format(db=tmp_path / "bastion.db", extra="", latency=0))
+    hot = tmp_path / "bastion.db.hot"
+    hot.mkdir()
+    (hot / "notes.txt").write_text("not LMDB's")
+    env = {k: v for k, v in os.environ.items() if k != "BASTION_CONFIG"}
+    proc = subprocess.run([sys.executable, "-m", "bastion.cli", "serve", "--config", str(path),
+                           "--port", str(free_port()), "--workers", "2"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot prepare the shared hot state" in proc.stderr
+    assert "notes.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert (hot / "notes.txt").exists()
