@@ -264,24 +264,6 @@ async def test_the_indexes_follow_rewrites_and_deletes(tmp_path: Path) -> None:
 # -- values, keys, clock
 
 
-async def test_values_are_json(tmp_path: Path) -> None:
-    store = LmdbStore(str(tmp_path / "hot.lmdb"))
-    try:
-        value = {"unicode": "日本語 ✓", "big": 2**62, "neg": -7, "float": 0.1, "t": True,
-                 "f": False, "none": None, "empty": {}, "list": [[], [1.5, "x"]]}
-        await store.set("k", value)
-        assert await store.get("k") == value
-        await store.set("t", (1, 2))
-        assert await store.get("t") == [1, 2]  # JSON has no tuples
-        with pytest.raises(TypeError):
-            await store.set("bad", {1, 2})
-        with pytest.raises(TypeError):
-            await store.set_if_absent("bad", object())
-        assert await store.get("bad") is None
-    finally:
-        await store.aclose()
-
-
 async def test_long_and_empty_keys_and_holders(tmp_path: Path) -> None:
     store = LmdbStore(str(tmp_path / "hot.lmdb"))
     try:

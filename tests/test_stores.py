@@ -128,8 +128,9 @@ async def test_sqlite_state_survives_close_and_reopen(tmp_path: Path) -> None:
         await again.aclose()
 
 
-async def test_sqlite_values_are_json(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "kv.db"))
+@pytest.mark.parametrize("backend", ["sqlite", "lmdb"])
+async def test_shared_stores_keep_values_as_json(tmp_path: Path, backend: str) -> None:
+    store = BACKENDS[backend](tmp_path, time.time)
     try:
         value = {"unicode": "日本語 ✓", "big": 2**62, "neg": -7, "float": 0.1, "t": True,
                  "f": False, "none": None, "empty": {}, "list": [[], [1.5, "x"]]}

@@ -297,15 +297,11 @@ class Gateway:
             value[0] = result.value
             return result.response
 
-        # ``_admitted``, written out: the one call every chat completion makes.
-        ticket = await self._enter(ctx, chat.model, estimate_prompt_tokens(chat),
-                                   chat.output_token_limit)
-        try:
-            response = await self.cache.complete(chat, ctx, produce, cache_control)
-        except BaseException as exc:
-            await self.admission.leave(ticket, ctx, exc)
-            raise
-        await self.admission.leave(ticket, ctx)
+        async def run() -> dict[str, Any]:
+            return await self.cache.complete(chat, ctx, produce, cache_control)
+
+        response = await self._admitted(ctx, chat.model, estimate_prompt_tokens(chat),
+                                        chat.output_token_limit, run)
         if self.content_log.on:
             self.content_log.record(ctx, chat.model_dump(include={"messages"})["messages"],
                                     [c.get("message") for c in response.get("choices", [])])

@@ -63,8 +63,6 @@ async def chat_completions(request: Request) -> Response:
         ctx = await request_context(request, gateway, "chat", request_id)
         body = await read_json(request, server.max_body_bytes)
         chat = gateway.parse_chat(body)
-        if "idempotency-key" not in headers_of(request):
-            return await _complete(request, gateway, chat, ctx)
         admitted = ctx
 
         async def handle() -> Response:

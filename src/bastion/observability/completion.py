@@ -40,7 +40,7 @@ BATCH = 256
 #: How long the first finished request of a batch waits for others.
 DELAY_S = 0.05
 
-_Finished = tuple[RequestContext | None, str, str, int, str, "str | None", float, float,
+_Finished = tuple[RequestContext | None, str, str, int, "str | None", float, float,
                   "RequestJournal | None"]
 _pending: list[_Finished] = []
 _scheduled = False
@@ -50,10 +50,8 @@ def record_completion(ctx: RequestContext | None, method: str, path: str, status
                       error: str | None, journal: RequestJournal | None) -> None:
     """Note one finished request (``error``: the error class it answered with, if any)."""
     global _scheduled
-    outcome = error or ("ok" if status < 400 else f"http_{status}")
     elapsed = ctx.elapsed() if ctx is not None else 0.0
-    _pending.append((ctx, method, path, status, outcome, error, elapsed, time.time(),
-                     journal))
+    _pending.append((ctx, method, path, status, error, elapsed, time.time(), journal))
     if len(_pending) >= BATCH:
         flush_completions()
     elif not _scheduled:
@@ -74,8 +72,9 @@ def flush_completions() -> None:
         return
     batch, _pending = _pending, []
     logging_on = completion_logging()
-    for ctx, method, path, status, outcome, error, elapsed, ended, journal in batch:
-        REQUEST_METRICS.record(ctx, outcome, elapsed)
+    for ctx, method, path, status, error, elapsed, ended, journal in batch:
+        REQUEST_METRICS.record(ctx, error or ("ok" if status < 400 else f"http_{status}"),
+                               elapsed)
         journaled = journal is not None and journal.enabled and ctx is not None
         if not (logging_on or journaled):
             continue

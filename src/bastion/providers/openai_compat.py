@@ -64,18 +64,14 @@ class OpenAICompatibleProvider:
             raise UpstreamUnavailable(f"provider {self.name} is not started")
         return self._pool
 
-    @staticmethod
-    def _request_headers(ctx: RequestContext | None) -> dict[str, str] | None:
-        if ctx is None:
-            return None
-        headers = {"x-request-id": ctx.request_id}
-        if ctx.upstream_traceparent is not None:
-            headers["traceparent"] = ctx.upstream_traceparent
-        return headers
-
     async def _send(self, method: str, path: str, body: bytes, timeout: CallTimeout,
                     ctx: RequestContext | None = None) -> Response:
-        return await self.pool.request(method, path, body, headers=self._request_headers(ctx),
+        headers = None
+        if ctx is not None:
+            headers = {"x-request-id": ctx.request_id}
+            if ctx.upstream_traceparent is not None:
+                headers["traceparent"] = ctx.upstream_traceparent
+        return await self.pool.request(method, path, body, headers=headers,
                                        connect_timeout=timeout.connect_s)
 
     async def _call(self, what: str, method: str, path: str, body: bytes,
@@ -91,13 +87,9 @@ class OpenAICompatibleProvider:
 
     async def _exchange(self, what: str, method: str, path: str, body: bytes,
                         timeout: CallTimeout, ctx: RequestContext | None) -> dict[str, Any]:
-        # The pool's request and the status check written out (not ``_send``): this is the
-        # call under every chat completion, and each coroutine layer costs on every call.
-        resp = await self.pool.request(method, path, body, headers=self._request_headers(ctx),
-                                       connect_timeout=timeout.connect_s)
+        resp = await self._send(method, path, body, timeout, ctx)
         try:
-            if resp.status >= 400:
-                await raise_for_status(resp)
+            await raise_for_status(resp)
             return await read_json(resp, what)
         finally:
             resp.release()

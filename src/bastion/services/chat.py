@@ -132,7 +132,7 @@ class ChatService:
         if contract is None:
             contract = OutputContract.for_request(request)
         call = ChatCall(ctx, request, request.model, "chat", contract)
-        response = await ctx.staged("route", self.pipeline.handle(call))
+        response = await self._route(call)
         return ChatResult(response, ctx, call.validated)
 
     async def _route(self, call: ChatCall) -> Any:

@@ -98,7 +98,7 @@ import lmdb
 import orjson
 
 from bastion.stores.base import WindowHit
-from bastion.stores.memory import window_counts, window_decide
+from bastion.stores.memory import reserve_decide, window_counts, window_decide
 
 T = TypeVar("T")
 
@@ -525,11 +525,8 @@ class LmdbStore:
                  limit: int, ttl_s: float | None) -> tuple[bool, int]:
         entry = self._live(h, txn, k, now)
         total = 0 if entry is None else int(entry[0])
-        if amount < 0:
-            new = max(0, total + amount)
-        elif total + amount <= limit:
-            new = total + amount
-        else:
+        new = reserve_decide(total, amount, limit)
+        if new is None:
             return False, total
         # As in MemoryStore: a settle never creates the key (it would lack the TTL).
         if entry is not None:

@@ -8,9 +8,9 @@ a periodic sweep, so memory stays bounded by the live keys.
 Values, windows and leases are kept apart (as the SQLite store keeps them in three tables); a
 key is meant to be used by one family of operations, and ``delete`` clears it whichever it is.
 
-The sliding-window arithmetic is written once, here (``window_counts``, ``window_decide``), and
-the SQLite store imports it, so both backends give the same answers for the same sequence of
-calls and the same clock.
+The sliding-window and reservation arithmetic is written once, here (``window_counts``,
+``window_decide``, ``reserve_decide``), and the other stores import it, so every backend gives
+the same answers for the same sequence of calls and the same clock.
 """
 
 from __future__ import annotations
@@ -67,6 +67,16 @@ def window_decide(now: float, window_s: float, start: float, prev: int, curr: in
         # curr * (1 - e / window_s) + cost <= limit, at e seconds into the next window.
         retry = reset_s + window_s * (1.0 - (limit - cost) / curr)
     return WindowHit(False, weighted + cost, limit, max(0.0, retry) + _RETRY_PAD_S, reset_s)
+
+
+def reserve_decide(total: int, amount: int, limit: int) -> int | None:
+    """The total after ``reserve(amount)`` on ``total``, or None when it does not fit: a
+    negative amount (a settlement) always applies and never goes below zero."""
+    if amount < 0:
+        return max(0, total + amount)
+    if total + amount <= limit:
+        return total + amount
+    return None
 
 
 class MemoryStore:
@@ -173,11 +183,8 @@ class MemoryStore:
         now = self._tick()
         entry = self._live(key, now)
         total = 0 if entry is None else int(entry[0])
-        if amount < 0:
-            new = max(0, total + amount)
-        elif total + amount <= limit:
-            new = total + amount
-        else:
+        new = reserve_decide(total, amount, limit)
+        if new is None:
             return False, total
         # A settle (or a zero reservation) never creates the key: it would create it without
         # the period's TTL, and the next reservation would then not set one.

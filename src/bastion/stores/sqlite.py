@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import orjson
 
 from bastion.stores.base import WindowHit
-from bastion.stores.memory import window_counts, window_decide
+from bastion.stores.memory import reserve_decide, window_counts, window_decide
 from bastion.stores.sqlite_setup import prepare_wal
 
 T = TypeVar("T")
@@ -227,11 +227,8 @@ class SqliteStore:
         def op(db: sqlite3.Connection, now: float) -> tuple[bool, int]:
             entry = _value(db, key, now)
             total = 0 if entry is None else int(entry[0])
-            if amount < 0:
-                new = max(0, total + amount)
-            elif total + amount <= limit:
-                new = total + amount
-            else:
+            new = reserve_decide(total, amount, limit)
+            if new is None:
                 return False, total
             # As in MemoryStore: a settle never creates the key (it would lack the TTL).
             if entry is not None:
