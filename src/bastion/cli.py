@@ -102,7 +102,9 @@ def serve(
         uvicorn.run("bastion.api.app:app_from_env", factory=True, host=bind_host,
                     port=bind_port, workers=workers, loop="uvloop", http="httptools",
                     access_log=False, log_level=log_level, lifespan="on",
-                    timeout_graceful_shutdown=10)
+                    # No ``server: uvicorn`` on every answer: it tells a scanner what runs
+                    # here and tells a client nothing (Date stays: HTTP/1.1 asks for it).
+                    server_header=False, timeout_graceful_shutdown=10)
     finally:
         if shared_model is not None:
             asyncio.run(shared_model.stop())

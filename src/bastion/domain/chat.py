@@ -7,6 +7,7 @@ SDK parameter does not break existing clients.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -67,9 +68,18 @@ class ChatRequest(BaseModel):
             raise ValueError("response_format.type must be text, json_object or json_schema")
         return rf
 
+    @cached_property
+    def wire(self) -> dict[str, Any]:
+        """The request as sent (unset and null fields left out), dumped once: the cache key
+        and the upstream body both start from it (a dump is ~2.5 µs, a third of parsing).
+        Shared: read it, copy it before changing anything (``upstream_body`` does). A request
+        is never modified after parsing; a changed request is a new one (``model_validate``)."""
+        return self.model_dump(exclude_none=True, exclude_unset=True)
+
     def upstream_body(self, model: str) -> dict[str, Any]:
-        """The body to send to an OpenAI-compatible upstream, with the target's model name."""
-        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        """The body to send to an OpenAI-compatible upstream, with the target's model name: a
+        fresh top-level dict the caller may change (nested values are shared with ``wire``)."""
+        body = dict(self.wire)
         body["model"] = model
         return body
 

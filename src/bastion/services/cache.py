@@ -57,8 +57,7 @@ def response_of(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def cache_key(tenant: str, request: ChatRequest) -> str:
-    body = request.model_dump(exclude_none=True, exclude_unset=True)
-    canonical = {k: v for k, v in body.items() if k not in _IGNORED}
+    canonical = {k: v for k, v in request.wire.items() if k not in _IGNORED}
     digest = hashlib.sha256(orjson.dumps([tenant, canonical],
                                          option=orjson.OPT_SORT_KEYS)).hexdigest()
     return f"cache:{digest}"
