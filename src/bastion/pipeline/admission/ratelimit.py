@@ -171,11 +171,16 @@ class RateLimiter:
         hold.leases.clear()
 
 
+#: The three header names of each kind, spelt once.
+_HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
+                        f"x-ratelimit-reset-{kind}") for kind in ("requests", "tokens")}
+
+
 def ratelimit_headers(tightest: dict[str, WindowHit]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for kind, hit in tightest.items():
-        headers[f"x-ratelimit-limit-{kind}"] = str(hit.limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(hit.remaining)
-        headers[f"x-ratelimit-reset-{kind}"] = format_reset(
-            hit.retry_after_s if not hit.allowed else hit.reset_s)
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+        headers[limit_name] = str(hit.limit)
+        headers[remaining_name] = str(hit.remaining)
+        headers[reset_name] = format_reset(hit.reset_s if hit.allowed else hit.retry_after_s)
     return headers
