@@ -68,6 +68,19 @@ class StoreContract:
         await store.set("k", value)
         assert await store.get("k") == value
 
+    async def test_get_many_reads_each_key_in_order(self, store: KeyValueStore,
+                                                    clock: FakeClock) -> None:
+        await store.set_many([("a", 1, 5), ("b", {"x": [2]}, None)])
+        await store.incr("c", 7)
+        assert await store.get_many(["b", "missing", "a", "c", "a"]) == \
+            [{"x": [2]}, None, 1, 7, 1]
+        clock.advance(5)
+        assert await store.get_many(["a", "b"]) == [None, {"x": [2]}]
+        assert await store.get_many([]) == []
+        many = [f"k{i}" for i in range(600)]  # past one statement's worth in SQLite
+        await store.set_many([(k, i, None) for i, k in enumerate(many)])
+        assert await store.get_many(many) == list(range(600))
+
     async def test_set_many_sets_each_with_its_own_ttl(self, store: KeyValueStore,
                                                       clock: FakeClock) -> None:
         await store.set("a", "old")

@@ -63,3 +63,40 @@ def test_a_failed_chunk_and_the_rest_are_written_at_the_next_flush(tmp_path: Pat
         await durable.aclose()
 
     asyncio.run(main())
+
+
+class CountingReads(SqliteStore):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads: list[list[str]] = []
+
+    async def get_many(self, keys: Any) -> list[Any]:
+        self.reads.append(list(keys))
+        return await super().get_many(keys)
+
+
+def test_a_tenants_first_requests_read_its_totals_once_in_one_trip(tmp_path: Path) -> None:
+    async def main() -> None:
+        path = str(tmp_path / "state.db")
+        config = BudgetsConfig.model_validate(
+            {"default": {"per_day_usd": 1000.0, "per_month_usd": 10000.0}})
+        first = BudgetGuard(MemoryStore(), config, durable=SqliteStore(path))
+        ctx = RequestContext.create(budget_s=30)
+        ctx.tenant = "acme"
+        await first.settle(await first.reserve(ctx, 0.002), 0.25)
+        await first.aclose()  # writes the totals behind
+        await first.durable.aclose()  # type: ignore[union-attr]
+
+        durable = CountingReads(path)
+        hot = MemoryStore()
+        again = BudgetGuard(hot, config, durable=durable)
+        holds = await asyncio.gather(*(again.reserve(ctx, 0.002) for _ in range(8)))
+        keys = [key for key, _, _, _ in again._periods(ctx)]
+        assert durable.reads == [keys]  # day and month together, once for all eight
+        for key in keys:  # what the file held, plus eight reservations
+            assert await hot.get(key) == 250_000 + 8 * 2_000
+        for hold in holds:
+            await again.release(hold)
+        await durable.aclose()
+
+    asyncio.run(main())

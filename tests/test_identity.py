@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bastion.domain.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
-from bastion.domain.identity import ApiKey, KeyRecord, Principal
+from bastion.domain.identity import ApiKey, KeyRecord, Principal, Tenant
 from bastion.services.identity import IdentityService, PrincipalCache, hash_key
 from bastion.stores.identity import IdentityStore, MemoryIdentityStore, SqliteIdentityStore
 
@@ -47,12 +47,12 @@ class CountingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def find_key_by_hash(self, key_hash: str) -> ApiKey | None:
+    async def find_key_and_tenant(self, key_hash: str) -> tuple[ApiKey, Tenant | None] | None:
         self.lookups += 1
-        key = await self.inner.find_key_by_hash(key_hash)
+        found = await self.inner.find_key_and_tenant(key_hash)
         if self.gate is not None:
             await self.gate.wait()
-        return key
+        return found
 
 
 # --------------------------------------------------------------------------- keys
@@ -70,6 +70,20 @@ async def test_a_key_is_shown_once_and_only_its_hash_is_kept(store: IdentityStor
     assert await identity.authenticate(plaintext) == Principal("acme", key.id)
     _, other = await identity.create_key(tenant.id, "ci")
     assert other != plaintext
+
+
+async def test_a_key_and_its_tenant_come_back_in_one_read(store: IdentityStore) -> None:
+    identity = IdentityService(store)
+    await identity.create_tenant("acme")
+    key, plaintext = await identity.create_key("acme", "ci")
+    found = await store.find_key_and_tenant(hash_key(plaintext))
+    assert found is not None
+    assert found[0] == key and found[1] == await store.get_tenant("acme")
+    assert found[1] is not None and not found[1].disabled
+    await store.set_tenant_disabled("acme", True)
+    found = await store.find_key_and_tenant(hash_key(plaintext))
+    assert found is not None and found[1] is not None and found[1].disabled
+    assert await store.find_key_and_tenant(hash_key("bst_not-a-key")) is None
 
 
 async def test_the_sqlite_file_never_holds_a_plaintext_key(tmp_path: Path) -> None:

@@ -189,12 +189,12 @@ class IdentityService:
         if cached is not None:
             return cached
         generation = self.cache.generation
-        key = await self.store.find_key_by_hash(key_hash)
-        if key is None:
+        found = await self.store.find_key_and_tenant(key_hash)
+        if found is None:
             raise Unauthenticated("invalid API key")
+        key, tenant = found
         if key.revoked:
             raise Unauthenticated("this API key has been revoked", code="api_key_revoked")
-        tenant = await self.store.get_tenant(key.tenant_id)
         if tenant is None or tenant.disabled:
             raise Unauthenticated("the tenant of this API key is disabled",
                                   code="tenant_disabled")

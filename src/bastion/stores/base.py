@@ -44,6 +44,11 @@ class KeyValueStore(Protocol):
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         ...
 
+    async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
+        """``get`` for each key, in order, in one step: a request's budget periods are read
+        from the state file in one trip, not one per period."""
+        ...
+
     async def set_many(self, items: Sequence[tuple[str, Any, float | None]]) -> None:
         """``set`` for each (key, value, ttl_s), all in one step: writing totals behind in a
         batch costs one transaction, not one per key."""

@@ -46,6 +46,10 @@ class IdentityStore(Protocol):
 
     async def find_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
 
+    async def find_key_and_tenant(self, key_hash: str) -> tuple[ApiKey, Tenant | None] | None:
+        """The key with this hash and its tenant (None if the tenant is gone), in one read:
+        what authenticating a key the cache does not hold needs."""
+
     async def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
         """Keys, revoked ones included, oldest first; of one tenant when ``tenant_id`` is set."""
 
@@ -101,6 +105,10 @@ class MemoryIdentityStore:
         key_id = self._by_hash.get(key_hash)
         return None if key_id is None else self._keys[key_id].key
 
+    async def find_key_and_tenant(self, key_hash: str) -> tuple[ApiKey, Tenant | None] | None:
+        key = await self.find_key_by_hash(key_hash)
+        return None if key is None else (key, self._tenants.get(key.tenant_id))
+
     async def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
         return [r.key for r in self._keys.values()
                 if tenant_id is None or r.key.tenant_id == tenant_id]
@@ -136,6 +144,10 @@ INSERT OR IGNORE INTO identity_changes VALUES (1, 0);
 _CHANGED = "UPDATE identity_changes SET n = n + 1 WHERE id = 1"
 _TENANTS = "SELECT id, name, created_at, disabled FROM tenants"
 _KEYS = "SELECT id, tenant_id, name, prefix, created_at, revoked_at FROM api_keys"
+_KEY_AND_TENANT = (
+    "SELECT k.id, k.tenant_id, k.name, k.prefix, k.created_at, k.revoked_at, t.id, t.name, "
+    "t.created_at, t.disabled FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id "
+    "WHERE k.key_hash = ?")
 #: How long a write waits for another process's lock before giving up (milliseconds).
 _BUSY_TIMEOUT_MS = 10_000
 
@@ -224,6 +236,15 @@ class SqliteIdentityStore:
     async def find_key_by_hash(self, key_hash: str) -> ApiKey | None:
         rows = await self._call(self._read, f"{_KEYS} WHERE key_hash = ?", (key_hash,))
         return ApiKey(*rows[0]) if rows else None
+
+    async def find_key_and_tenant(self, key_hash: str) -> tuple[ApiKey, Tenant | None] | None:
+        # One trip through the store's thread instead of two: a key's first request paid
+        # ~0.1 ms of CPU for each (the executor hand-off and the GIL coming back to it).
+        rows = await self._call(self._read, _KEY_AND_TENANT, (key_hash,))
+        if not rows:
+            return None
+        row = rows[0]
+        return ApiKey(*row[:6]), (None if row[6] is None else _tenant(row[6:]))
 
     async def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
         rows = await self._call(self._read, f"{_KEYS} WHERE ?1 IS NULL OR tenant_id = ?1 "

@@ -138,6 +138,10 @@ class MemoryStore:
         entry = self._live(key, self._clock())
         return None if entry is None else entry[0]
 
+    async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
+        now = self._clock()
+        return [None if (entry := self._live(key, now)) is None else entry[0] for key in keys]
+
     def _make_room(self, key: str) -> None:
         """Before writing ``key``: with a capacity, evict the oldest-written values beyond it
         (dicts keep insertion order, so the first key is the oldest: O(1))."""

@@ -160,6 +160,19 @@ class SqliteStore:
                                    (key, self._clock())).fetchone()
         return None if row is None else orjson.loads(row[0])
 
+    def _get_many(self, keys: Sequence[str]) -> list[Any | None]:
+        found: dict[str, Any] = {}
+        now = self._clock()
+        db = self._conn()
+        for start in range(0, len(keys), _ROWS_PER_STATEMENT):
+            chunk = keys[start:start + _ROWS_PER_STATEMENT]
+            marks = ", ".join("?" * len(chunk))
+            for key, value in db.execute(
+                    f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {_LIVE}",
+                    (*chunk, now)):
+                found[key] = orjson.loads(value)
+        return [found.get(key) for key in keys]
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -175,6 +188,9 @@ class SqliteStore:
 
     async def get(self, key: str) -> Any | None:
         return await self._call(self._get, key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
+        return await self._call(self._get_many, list(keys)) if keys else []
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         data = orjson.dumps(value)  # fail here, in the caller, on a value JSON can't hold

@@ -131,10 +131,13 @@ class BudgetGuard:
                 f"the request's worst-case cost ${worst_case_usd:.6f} exceeds the per-request "
                 f"ceiling ${ceiling:.6f}; lower max_tokens", param="max_tokens")
         hold = BudgetHold(reserved_micros=to_micros(worst_case_usd))
-        for key, limit, what, ttl in self._periods(ctx):
+        periods = self._periods(ctx)
+        if self.durable is not None:
+            unseeded = [(key, ttl) for key, _, _, ttl in periods if key not in self._seeded]
+            if unseeded:
+                await self._seed(unseeded)
+        for key, limit, what, ttl in periods:
             if self.durable is not None:
-                if key not in self._seeded:
-                    await self._seed(key, ttl)
                 self._dirty.add(key)
             ok, total = await self.store.reserve(key, hold.reserved_micros, to_micros(limit),
                                                  ttl)
@@ -170,27 +173,33 @@ class BudgetGuard:
 
     # -- the durable copy
 
-    async def _seed(self, key: str, ttl: float) -> None:
-        """Start this process's use of ``key`` from the total the durable store holds, once;
-        concurrent first requests wait for the one that reads it."""
-        pending = self._seeding.get(key)
-        if pending is not None:
+    async def _seed(self, keys: list[tuple[str, float]]) -> None:
+        """Start this process's use of each (key, ttl) from the total the durable store holds,
+        once, all read in one trip (a day and a month: one read, not two, on a tenant's first
+        request); concurrent first requests wait for the one that reads a key."""
+        waits = [self._seeding[key] for key, _ in keys if key in self._seeding]
+        mine = [(key, ttl) for key, ttl in keys
+                if key not in self._seeding and key not in self._seeded]
+        if mine:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for key, _ in mine:
+                self._seeding[key] = done
+            try:
+                totals = await self.durable.get_many([key for key, _ in mine])  # type: ignore[union-attr]
+                for (key, ttl), total in zip(mine, totals, strict=True):
+                    if total:
+                        await self.store.set_if_absent(key, int(total), ttl)
+                    self._seeded[key] = ttl
+                done.set_result(None)
+            except BaseException as exc:
+                done.set_exception(exc)
+                done.exception()  # the waiters re-raise it; nobody else needs to see it
+                raise
+            finally:
+                for key, _ in mine:
+                    del self._seeding[key]
+        for pending in waits:
             await asyncio.shield(pending)
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seeding[key] = done
-        try:
-            total = await self.durable.get(key)  # type: ignore[union-attr]
-            if total:
-                await self.store.set_if_absent(key, int(total), ttl)
-            self._seeded[key] = ttl
-            done.set_result(None)
-        except BaseException as exc:
-            done.set_exception(exc)
-            done.exception()  # the waiters re-raise it; nobody else needs to see it
-            raise
-        finally:
-            del self._seeding[key]
 
     async def flush(self) -> None:
         """Write the totals that changed to the durable store."""
@@ -253,8 +262,11 @@ class BudgetGuard:
     async def spent_usd(self, ctx: RequestContext) -> dict[str, float]:
         """What each applicable budget has spent (reservations included), for reporting."""
         out = {}
-        for key, _, what, ttl in self._periods(ctx):
-            if self.durable is not None and key not in self._seeded:
-                await self._seed(key, ttl)
+        periods = self._periods(ctx)
+        if self.durable is not None:
+            unseeded = [(key, ttl) for key, _, _, ttl in periods if key not in self._seeded]
+            if unseeded:
+                await self._seed(unseeded)
+        for key, _, what, _ in periods:
             out[what] = (await self.store.get(key) or 0) / 1_000_000
         return out
