@@ -217,11 +217,10 @@ class BudgetGuard:
             # requests while the store's thread writes.
             while pending:
                 chunk, pending = pending[:FLUSH_CHUNK], pending[FLUSH_CHUNK:]
-                items = []
-                for key in chunk:
-                    total = await self.store.get(key)
-                    if total is not None:
-                        items.append((key, int(total), self._seeded.get(key, _MONTH_TTL_S)))
+                seeded = self._seeded
+                items = [(key, int(total), seeded.get(key, _MONTH_TTL_S))
+                         for key, total in zip(chunk, await self.store.get_many(chunk),
+                                               strict=True) if total is not None]
                 await self.durable.set_many(items)  # type: ignore[union-attr]
         except BaseException:
             # What was not written yet goes at the next flush (a chunk that failed included).
