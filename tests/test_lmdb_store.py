@@ -148,6 +148,31 @@ async def test_a_full_map_sweeps_expired_entries_before_evicting(tmp_path: Path)
         await store.aclose()
 
 
+async def test_big_values_are_bounded_by_count_small_state_never(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = LmdbStore(str(tmp_path / "hot.lmdb"), clock, big_capacity=200)
+    try:
+        await store.set("breaker:open", clock.now)
+        for i in range(3000):  # well inside the 1 GiB map: only the capacity evicts
+            clock.advance(0.01)
+            await store.set(f"cache:{i}", cache_entry(i, 600), ttl_s=3600 + i)
+            await store.reserve(f"budget:{i}", 5, 100, ttl_s=3600)
+        h = store._h()
+        big = store._read(lambda h, txn: int(txn.stat(h.big)["entries"]))
+        # At most the capacity and what the writes since the last look added.
+        assert 150 <= big <= 200 + 64
+        assert store.evicted >= 3000 - 200 - 64
+        # The soonest to expire (here the oldest) went; the newest are there.
+        assert await store.get("cache:0") is None
+        assert await store.get("cache:2999") == cache_entry(2999, 600)
+        # Small values are never taken for the capacity: every budget is there.
+        assert await store.get_many([f"budget:{i}" for i in range(0, 3000, 300)]) == [5] * 10
+        assert await store.get("breaker:open") == FakeClock().now
+        assert store._used(h) < 8 * MiB
+    finally:
+        await store.aclose()
+
+
 async def test_a_full_map_evicts_big_values_first_and_never_raises(tmp_path: Path) -> None:
     clock = FakeClock()
     store = LmdbStore(str(tmp_path / "hot.lmdb"), clock, map_size=4 * MiB)

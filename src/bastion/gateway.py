@@ -107,7 +107,8 @@ class Gateway:
         self.loaded = loaded
         self.config = loaded.config
         self.stores = build_stores(self.config.state, hot=store,
-                                   journal=self.config.observability.journal)
+                                   journal=self.config.observability.journal,
+                                   cache_entries=self.config.cache.max_entries)
         self.store: KeyValueStore = self.stores.hot
         self.providers: dict[str, Provider] = providers if providers is not None else {
             name: build_provider(name, cfg) for name, cfg in self.config.providers.items()

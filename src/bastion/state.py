@@ -82,9 +82,11 @@ class Stores:
 
 
 def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None,
-                 workers: int | None = None, journal: JournalConfig | None = None) -> Stores:
+                 workers: int | None = None, journal: JournalConfig | None = None,
+                 cache_entries: int | None = None) -> Stores:
     """The stores for ``config``; ``workers`` (default: from ``BASTION_WORKERS``) decides
-    where ``hot: auto`` puts hot state; ``journal`` sizes the request journal."""
+    where ``hot: auto`` puts hot state; ``journal`` sizes the request journal;
+    ``cache_entries`` bounds the response cache's entries in a shared LMDB hot state."""
     journal = journal or JournalConfig()
     path = config.sqlite_path
     if path is None:
@@ -100,7 +102,7 @@ def build_stores(config: StateConfig, *, hot: KeyValueStore | None = None,
             hot = durable
         elif backend == "lmdb":
             lmdb_dir(config).mkdir(parents=True, exist_ok=True)
-            hot = LmdbStore(str(lmdb_dir(config)))
+            hot = LmdbStore(str(lmdb_dir(config)), big_capacity=cache_entries)
         else:
             hot = MemoryStore()
     return Stores(hot, durable, SqliteIdentityStore(resolved), SqliteLedgerStore(resolved),

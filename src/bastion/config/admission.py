@@ -94,10 +94,11 @@ class CacheConfig(Strict):
     #: How long past its TTL an entry may still be served when every target fails.
     stale_if_error_s: float = Field(default=3600.0, ge=0)
     max_entry_bytes: int = Field(default=1_048_576, ge=1024)
-    #: Entries a process keeps when the cache is in its memory (one worker, ``state.hot``
-    #: memory); beyond it the oldest-written go first. Entries are stored as compact JSON
-    #: (about 1 KB for a short chat answer), so the default holds ~10 MB. A shared store
-    #: (SQLite, Redis) is bounded by the entries' lifetime instead.
+    #: Entries the cache keeps in this process's memory (one worker, ``state.hot`` memory;
+    #: beyond it the oldest-written go first) or in the workers' shared LMDB hot state (the
+    #: soonest to expire go first). Entries are stored as compact JSON (about 1 KB for a short
+    #: chat answer), so the default holds ~10 MB. In the SQLite state file (``state.hot:
+    #: sqlite``) entries are bounded by their lifetime instead.
     max_entries: int = Field(default=10_000, ge=1)
 
 

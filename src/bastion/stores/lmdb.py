@@ -334,11 +334,17 @@ class LmdbStore:
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time, *,
                  map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = DEFAULT_MAX_READERS) -> None:
+                 max_readers: int = DEFAULT_MAX_READERS,
+                 big_capacity: int | None = None) -> None:
+        """``big_capacity`` bounds the values of ``_BIG`` bytes or more (the response cache's
+        entries) by count, as ``MemoryStore(capacity=...)`` bounds the in-process cache:
+        beyond it, the soonest to expire go first. Without it they are bounded by their
+        lifetime and the map."""
         self.path = str(Path(path).expanduser())
         self._clock = clock
         self.map_size = map_size
         self.max_readers = max_readers
+        self.big_capacity = big_capacity
         #: Values this process evicted because the map was full.
         self.evicted = 0
         #: Expired entries this process swept.
@@ -438,6 +444,14 @@ class LmdbStore:
             if used > h.map_size * _HIGH:
                 self._make_room(h, used - int(h.map_size * _LOW), ("sweep", "big", "any"),
                                 _HEADROOM_MAX_ENTRIES)
+            if self.big_capacity is not None:
+                # Down to 63/64 of the capacity, so the next looks find little to do: every
+                # process writing big values evicts at most what it finds over.
+                big = self._read(lambda h, txn: int(txn.stat(h.big)["entries"]))
+                over = big - self.big_capacity
+                if over > 0:
+                    self._make_room(h, 1 << 62, ("big",), min(
+                        _HEADROOM_MAX_ENTRIES, over + self.big_capacity // 64))
         except lmdb.Error:
             pass  # the write it follows is committed: never fail it; the next look retries
 
