@@ -185,7 +185,9 @@ class BudgetGuard:
             for key, _ in mine:
                 self._seeding[key] = done
             try:
-                totals = await self.durable.get_many([key for key, _ in mine])  # type: ignore[union-attr]
+                durable = self.durable
+                assert durable is not None  # seeding happens only with a durable store
+                totals = await durable.get_many([key for key, _ in mine])
                 for (key, ttl), total in zip(mine, totals, strict=True):
                     if total:
                         await self.store.set_if_absent(key, int(total), ttl)
