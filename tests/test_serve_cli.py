@@ -122,3 +122,30 @@ def test_two_workers_share_one_model_process() -> None:
         commands = [_cmdline(pid) for pid in _descendants(proc.pid)]
         assert sum("bastion.providers.local_server" in c for c in commands) == 1
         assert sum("multiprocessing" in c for c in commands) >= 2  # the two workers
+
+
+def test_the_gateway_port_is_held_while_the_shared_model_starts() -> None:
+    import errno
+    import socket
+
+    from bastion.cli import port_held
+
+    port = free_port()
+
+    def bind(p: int) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and most servers
+        s.bind(("127.0.0.1", p))
+        return s
+
+    with port_held("127.0.0.1", port):
+        with pytest.raises(OSError) as refused:
+            bind(port)
+        assert refused.value.errno == errno.EADDRINUSE
+        for _ in range(200):  # what a process asking for any free port is given
+            with bind(0) as other:
+                assert other.getsockname()[1] != port
+    with bind(port):  # released, for uvicorn to bind
+        pass
+    with port_held("127.0.0.1", 0):  # nothing to hold
+        pass

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -26,6 +29,33 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def port_held(host: str, port: int) -> Iterator[None]:
+    """Listen on ``host:port`` (and accept nothing) for the duration, so that a process started
+    meanwhile and asking the system for any free port (the shared model process binds port 0)
+    cannot be given the gateway's port before uvicorn binds it: it was, now and then, when the
+    gateway's port was itself a free one picked a moment before (``Address already in use``
+    from uvicorn). Does nothing when the port cannot be held (taken already, or port 0): then
+    uvicorn reports it, as before."""
+    if port == 0:
+        yield
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        held = socket.socket(family, kind, proto)
+    except OSError:
+        yield
+        return
+    with held:
+        try:
+            held.bind(address)
+            held.listen(1)
+        except OSError:
+            pass
+        yield
 
 
 def _load_or_exit(path: Path | None):
@@ -73,7 +103,8 @@ def serve(
         from bastion.providers.local import URL_ENV, LocalModelProcess
 
         shared_model = LocalModelProcess(cfg.providers[local[0]])  # type: ignore[arg-type]
-        os.environ[URL_ENV] = asyncio.run(shared_model.start())
+        with port_held(bind_host, bind_port):
+            os.environ[URL_ENV] = asyncio.run(shared_model.start())
 
     os.environ[WORKERS_ENV] = str(workers)
     if hot_backend(cfg.state, workers) == "lmdb":
