@@ -39,23 +39,23 @@ def port_held(host: str, port: int) -> Iterator[None]:
     gateway's port was itself a free one picked a moment before (``Address already in use``
     from uvicorn). Does nothing when the port cannot be held (taken already, or port 0): then
     uvicorn reports it, as before."""
-    if port == 0:
-        yield
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        held = socket.socket(family, kind, proto)
-    except OSError:
-        yield
-        return
-    with held:
+    held: socket.socket | None = None
+    if port:
         try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            held = socket.socket(family, kind, proto)
             held.bind(address)
             held.listen(1)
         except OSError:
-            pass
+            if held is not None:
+                held.close()
+            held = None
+    try:
         yield
+    finally:
+        if held is not None:
+            held.close()
 
 
 def _load_or_exit(path: Path | None):

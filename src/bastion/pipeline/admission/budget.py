@@ -132,10 +132,9 @@ class BudgetGuard:
                 f"ceiling ${ceiling:.6f}; lower max_tokens", param="max_tokens")
         hold = BudgetHold(reserved_micros=to_micros(worst_case_usd))
         periods = self._periods(ctx)
-        if self.durable is not None:
-            unseeded = [(key, ttl) for key, _, _, ttl in periods if key not in self._seeded]
-            if unseeded:
-                await self._seed(unseeded)
+        unseeded = self._unseeded(periods)
+        if unseeded:
+            await self._seed(unseeded)
         for key, limit, what, ttl in periods:
             if self.durable is not None:
                 self._dirty.add(key)
@@ -173,13 +172,19 @@ class BudgetGuard:
 
     # -- the durable copy
 
+    def _unseeded(self, periods: list[tuple[str, float, str, float]]) -> list[tuple[str, float]]:
+        """(key, ttl) of the periods this process has not started from the durable store yet
+        (none when there is no durable store)."""
+        if self.durable is None:
+            return []
+        return [(key, ttl) for key, _, _, ttl in periods if key not in self._seeded]
+
     async def _seed(self, keys: list[tuple[str, float]]) -> None:
         """Start this process's use of each (key, ttl) from the total the durable store holds,
         once, all read in one trip (a day and a month: one read, not two, on a tenant's first
         request); concurrent first requests wait for the one that reads a key."""
         waits = [self._seeding[key] for key, _ in keys if key in self._seeding]
-        mine = [(key, ttl) for key, ttl in keys
-                if key not in self._seeding and key not in self._seeded]
+        mine = [(key, ttl) for key, ttl in keys if key not in self._seeding]
         if mine:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             for key, _ in mine:
@@ -217,9 +222,9 @@ class BudgetGuard:
             # them: p99 52-66 ms at 10,000 tenants against 18-27 with no write-behind,
             # ``bench/scaling.py --quick --dimensions keys``). Between chunks the loop serves
             # requests while the store's thread writes.
+            seeded = self._seeded
             while pending:
                 chunk, pending = pending[:FLUSH_CHUNK], pending[FLUSH_CHUNK:]
-                seeded = self._seeded
                 items = [(key, int(total), seeded.get(key, _MONTH_TTL_S))
                          for key, total in zip(chunk, await self.store.get_many(chunk),
                                                strict=True) if total is not None]
@@ -264,10 +269,9 @@ class BudgetGuard:
         """What each applicable budget has spent (reservations included), for reporting."""
         out = {}
         periods = self._periods(ctx)
-        if self.durable is not None:
-            unseeded = [(key, ttl) for key, _, _, ttl in periods if key not in self._seeded]
-            if unseeded:
-                await self._seed(unseeded)
+        unseeded = self._unseeded(periods)
+        if unseeded:
+            await self._seed(unseeded)
         for key, _, what, _ in periods:
             out[what] = (await self.store.get(key) or 0) / 1_000_000
         return out
