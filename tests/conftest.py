@@ -1,8 +1,9 @@
 """Shared fixtures: configs for the simulated provider, and a live gateway on loopback.
 
-``live_gateway`` runs the real ASGI app under uvicorn (uvloop, httptools) in a background
-thread on a free 127.0.0.1 port, so tests talk real HTTP with the official SDKs while still
-being able to look at the gateway's providers (call counters, in-flight tasks).
+``live_gateway`` runs the real ASGI app under uvicorn with bastion's HTTP protocol, as
+``bastion serve`` does (``api.http_protocol``), in a background thread on a free 127.0.0.1
+port, so tests talk real HTTP with the official SDKs while still being able to look at the
+gateway's providers (call counters, in-flight tasks).
 """
 
 from __future__ import annotations
@@ -96,11 +97,12 @@ class _Server(uvicorn.Server):
 
 def run_live(gateway: Gateway) -> Iterator[LiveGateway]:
     from bastion.api.app import create_app
+    from bastion.api.http_protocol import HTTP_PROTOCOL
 
     port = free_port()
     config = uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, loop="none",
-                            http="httptools", log_level="warning", access_log=False,
-                            lifespan="on")
+                            http=HTTP_PROTOCOL, proxy_headers=False, log_level="warning",
+                            access_log=False, lifespan="on")
     server = _Server(config)
     holder: dict[str, Any] = {}
 

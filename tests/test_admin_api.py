@@ -26,6 +26,7 @@ from starlette.routing import Route
 from bastion.api.admin_routes import admin_routes
 from bastion.api.auth import principal_for, token_from_headers
 from bastion.api.errors import error_response
+from bastion.api.http_protocol import HTTP_PROTOCOL
 from bastion.config import AuthConfig
 from bastion.services.identity import IdentityService
 from bastion.stores.identity import MemoryIdentityStore
@@ -190,6 +191,7 @@ def serve(app: Starlette) -> Iterator[str]:
     (uvicorn installs no signal handlers off the main thread.)"""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           http=HTTP_PROTOCOL, proxy_headers=False,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

