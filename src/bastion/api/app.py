@@ -24,19 +24,19 @@ from bastion.api.answer_routes import answer
 from bastion.api.anthropic_routes import create_message
 from bastion.api.document_routes import document_routes
 from bastion.api.errors import error_response
-from bastion.api.serving import tune_for_serving
 from bastion.api.health import health, ready
 from bastion.api.metrics_routes import metrics
 from bastion.api.openai_routes import chat_completions, embeddings, get_model, list_models
 from bastion.api.request import CTX_SCOPE_KEY, request_id_of
+from bastion.api.serving import tune_for_serving
 from bastion.api.task_routes import list_tasks, run_task
 from bastion.api.traces import export_trace
 from bastion.api.ui_routes import ui_routes
 from bastion.api.usage_routes import authenticated_usage
 from bastion.domain.errors import InvalidRequest, NotFound
 from bastion.gateway import Gateway
-from bastion.observability.journal import RequestJournal
 from bastion.observability.completion import flush_completions, record_completion
+from bastion.observability.journal import RequestJournal
 from bastion.observability.logging import configure_logging, flush_logs, take_error
 
 CONFIG_ENV = "BASTION_CONFIG"
@@ -66,12 +66,15 @@ class GatewayApp(Starlette):
     more than calling the endpoint directly (measured in-process with a trivial endpoint),
     2-3% of bastion's CPU per chat completion. Those layers turn exceptions into responses, and
     the model-call endpoints already answer every failure in their API's error shape, so for
-    an exact method and path they add nothing. Everything else, and these paths too when the
-    app is mounted under a root path, goes through Starlette as usual."""
+    an exact method and path they add nothing; their status comes from the response they
+    return, so their ``send`` is not wrapped either. Everything else, and these paths too
+    when the app is mounted under a root path, goes through Starlette as usual."""
 
-    def __init__(self, *, direct: Mapping[tuple[str, str], Endpoint],
+    def __init__(self, *, gateway: Gateway, direct: Mapping[tuple[str, str], Endpoint],
                  journal: RequestJournal | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        #: What the endpoints serve (read by ``openai_routes._gateway``); also ``state.gateway``.
+        self.gateway = gateway
         self._direct = dict(direct)
         self._journal = journal
 
@@ -79,26 +82,32 @@ class GatewayApp(Starlette):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        status = [500]
+        endpoint = (None if scope.get("root_path")
+                    else self._direct.get((scope["method"], scope["path"])))
+        if endpoint is not None:
+            # The endpoint's response says its status: no wrapper around every ``send``.
+            status = 500
+            try:
+                scope["app"] = self
+                response = await endpoint(Request(scope, receive, send))
+                status = response.status_code
+                await response(scope, receive, send)
+            finally:
+                log_completion(scope, status, self._journal)
+            return
+        status_seen = [500]
 
         async def sent(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status_seen[0] = message["status"]
             await send(message)
 
         try:
-            endpoint = (None if scope.get("root_path")
-                        else self._direct.get((scope["method"], scope["path"])))
-            if endpoint is not None:
-                scope["app"] = self
-                response = await endpoint(Request(scope, receive, sent))
-                await response(scope, receive, sent)
-            else:
-                await super().__call__(scope, receive, sent)
+            await super().__call__(scope, receive, sent)
         finally:
             path = scope["path"]
             if path not in _UNLOGGED and not path.startswith(_UNLOGGED_PREFIX):
-                log_completion(scope, status[0], self._journal)
+                log_completion(scope, status_seen[0], self._journal)
 
 
 def create_app(gateway: Gateway | None = None, *, config_path: str | None = None,
@@ -159,7 +168,8 @@ def create_app(gateway: Gateway | None = None, *, config_path: str | None = None
         ("POST", "/v1/messages"): create_message,
         ("POST", "/v1/embeddings"): embeddings,
     }
-    app = GatewayApp(direct=direct, journal=gateway.journal, routes=routes, lifespan=lifespan,
+    app = GatewayApp(gateway=gateway, direct=direct, journal=gateway.journal, routes=routes,
+                     lifespan=lifespan,
                      exception_handlers={404: not_found, 405: not_found})
     app.state.gateway = gateway
     return app

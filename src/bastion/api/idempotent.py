@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bastion.api.headers import headers_of
+from bastion.api.request import raw_body_of
 from bastion.domain.context import RequestContext
 from bastion.gateway import Gateway
 from bastion.services.idempotency import Claim, StoredResponse
@@ -42,7 +43,7 @@ async def idempotent(request: Request, gateway: Gateway, ctx: RequestContext, en
     if key is None:
         return await handle()
     claimed = await gateway.idempotency.claim(tenant=ctx.tenant, endpoint=endpoint, key=key,
-                                              body=request.state.raw_body,
+                                              body=raw_body_of(request),
                                               remaining_s=ctx.remaining())
     if isinstance(claimed, StoredResponse):
         return Response(claimed.body, status_code=claimed.status, headers=claimed.headers,

@@ -23,7 +23,9 @@ from bastion.services.chat import ChatStreamResult
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    app = request.scope["app"]
+    gateway = getattr(app, "gateway", None)  # a GatewayApp's; else the app's state
+    return gateway if gateway is not None else app.state.gateway  # type: ignore[no-any-return]
 
 
 def outcome_headers(ctx: RequestContext, config_hash: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from bastion.api.auth import principal_for
 from bastion.api.headers import headers_of
@@ -39,11 +39,23 @@ def request_id_of(request: Request, accept: bool) -> str:
 CTX_SCOPE_KEY = "bastion.ctx"
 
 
+def raw_body_of(request: Request) -> bytes:
+    """The body ``read_json`` read, as sent (for stages that hash it: idempotency)."""
+    return request.scope["state"][_RAW_BODY]  # type: ignore[no-any-return]
+
+
+#: Where ``read_json`` keeps the raw body: the scope's ``state`` (what ``request.state``
+#: wraps), written directly rather than through a ``State`` object per request.
+_RAW_BODY = "raw_body"
+
+
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     """The body as a JSON object, refusing oversized bodies before reading them whole.
 
-    The raw bytes stay on ``request.state.raw_body`` for stages that hash the body as sent
-    (idempotency), since the stream can be read only once."""
+    The raw bytes stay in the request's state (``raw_body_of``) for stages that hash the body
+    as sent (idempotency), since the stream can be read only once. Read with ``receive``
+    directly: almost every body arrives in one message, and Starlette's ``stream()`` is an
+    async generator around the same loop."""
     declared = headers_of(request).get("content-length")
     if declared is not None:
         try:
@@ -52,18 +64,22 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         except ValueError:
             raise InvalidRequest("Content-Length is not a number", param="content-length") \
                 from None
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientClosedRequest("the client went away while sending the body") from None
-    raw = b"".join(chunks)
-    request.state.raw_body = raw
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientClosedRequest("the client went away while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request.scope.setdefault("state", {})[_RAW_BODY] = raw
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object", param="body")
     try:
@@ -114,7 +130,7 @@ async def request_context(request: Request, gateway: Gateway, route: str,
                           request_id: str) -> RequestContext:
     """Authenticate the caller, then build the request's context with its tenant and key."""
     principal = await principal_for(request, gateway.identity, gateway.config.auth)
-    request.state.principal = principal
+    request.scope.setdefault("state", {})["principal"] = principal  # ``request.state``
     ctx = context_for(request, gateway, route, request_id)
     ctx.tenant = principal.tenant_id
     ctx.key_id = principal.key_id
