@@ -281,3 +281,39 @@ async def test_a_state_file_from_the_older_layout_starts_a_fresh_journal(
         assert (await store.get("req_1")) is not None
     finally:
         await store.aclose()
+
+
+async def test_batches_written_with_zlib_are_still_read(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are zstd-compressed now; a state file holding zlib batches from before reads
+    on, old and new side by side."""
+    import zlib
+
+    import bastion.stores.journal as module
+
+    class Zlib:
+        def compress(self, data: bytes) -> bytes:
+            return zlib.compress(data, 1)
+
+    path = str(tmp_path / "j.db")
+    monkeypatch.setattr(module, "_compressor", Zlib)
+    old = SqliteJournalStore(path, keep=100)
+    try:
+        await old.write_many([entry(n, 1000.0 + n) for n in range(3)])
+    finally:
+        await old.aclose()
+    monkeypatch.undo()
+    store = SqliteJournalStore(path, keep=100)
+    try:
+        await store.write_many([entry(n, 1000.0 + n) for n in range(3, 6)])
+        assert [e.request_id for e in await store.recent(10)] == [
+            f"req_{n}" for n in range(5, -1, -1)]
+        for n in (1, 4):
+            found = await store.get(f"req_{n}")
+            assert found is not None and json.loads(found.event) == {"request_id": f"req_{n}"}
+        import sqlite3
+        with sqlite3.connect(path) as db:
+            blobs = [row[0][:4] for row in db.execute("SELECT events FROM journal_batches")]
+        assert blobs[0] != module._ZSTD_MAGIC and blobs[1] == module._ZSTD_MAGIC
+    finally:
+        await store.aclose()

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
+import zstandard
 
 from bastion.stores.sqlite_setup import prepare_wal
 
@@ -131,6 +132,23 @@ _TRIM_EVERY = 64
 MAX_SCAN_BATCHES = 5_000
 
 
+#: Every zstd frame starts with these bytes; batches written before zstd are zlib streams.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """zstd at level 1 for a batch: on 256 request events (183 KB) 0.71 µs per request and
+    8.2 KB, against zlib level 1's 2.80 µs and 12.9 KB (the journal's compression was ~2.3%
+    of bastion's instructions per chat completion with zlib)."""
+    return zstandard.ZstdCompressor(level=1)
+
+
+def _decompress(blob: bytes) -> bytes:
+    if blob[:4] == _ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().decompress(blob)  # type: ignore[no-any-return]
+    return zlib.decompress(blob)
+
+
 class _Batch:
     """One stored batch: its columns decoded; its events decompressed only when asked for."""
 
@@ -139,14 +157,14 @@ class _Batch:
     def __init__(self, events: bytes, columns: bytes) -> None:
         self._compressed = events
         self._lines: list[bytes] | None = None
-        self.columns: dict[str, list[Any]] = orjson.loads(zlib.decompress(columns))
+        self.columns: dict[str, list[Any]] = orjson.loads(_decompress(columns))
 
     def __len__(self) -> int:
         return len(self.columns["ts"])
 
     def entry(self, i: int) -> JournalEntry:
         if self._lines is None:
-            self._lines = zlib.decompress(self._compressed).split(b"\n")
+            self._lines = _decompress(self._compressed).split(b"\n")
         c = self.columns
         return JournalEntry(*(c[name][i] for name in _COLUMN_NAMES), self._lines[i])
 
@@ -154,7 +172,7 @@ class _Batch:
 def _pack(entries: Sequence[JournalEntry]) -> tuple[float, float, int, bytes, bytes, bytes]:
     """The parts of one stored batch: its time span, size, request ids (newline-separated,
     searched without decompressing anything), events and columns (compressed in the store's
-    thread, where zlib releases the GIL)."""
+    thread, where zstd releases the GIL)."""
     columns = list(zip(*entries, strict=True))
     packed = orjson.dumps(dict(zip(_COLUMN_NAMES, columns, strict=False)))
     timestamps = columns[1]
@@ -181,7 +199,7 @@ class SqliteJournalStore:
     +51 µs of CPU per request in ``bench/run.py`` (journal on against off, same run). So each
     flush writes one row: the events as newline-separated JSON, and the columns the dashboard
     reads as one JSON object of arrays (transposed with ``zip``, encoded by orjson: both C
-    speed), both zlib-compressed, beside the batch's request ids, uncompressed. A lookup by
+    speed), both zstd-compressed (older batches: zlib), beside the batch's request ids, uncompressed. A lookup by
     request id scans the newest batches' ids instead of an index: rare reads pay, the request
     path does not.
     """
@@ -193,6 +211,8 @@ class SqliteJournalStore:
         self._db: sqlite3.Connection | None = None
         self._since_trim = 0
         self._closed = False
+        #: Used only on the worker thread (a compressor is not safe across threads).
+        self._zstd = _compressor()
 
     # -- in the worker thread, the only one that touches the connection
 
@@ -210,7 +230,8 @@ class SqliteJournalStore:
 
     def _insert(self, parts: tuple[float, float, int, bytes, bytes, bytes]) -> None:
         first, last, n, ids, events, columns = parts
-        row = (first, last, n, ids, zlib.compress(events, 1), zlib.compress(columns, 1))
+        zstd = self._zstd
+        row = (first, last, n, ids, zstd.compress(events), zstd.compress(columns))
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
